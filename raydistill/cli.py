@@ -1,0 +1,155 @@
+"""The `raydistill` command: parses flags into a RunConfig and calls the pipeline; nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from raydistill.config import load_config, parse_override
+from raydistill.errors import UserError
+
+# Flag name -> config key; flags left unset do not override the config file.
+FLAG_KEYS = {
+    "data": "data.train",
+    "val_data": "data.val",
+    "prior": "prior.spec",
+    "method": "quantize.method",
+    "ipc": "quantize.ipc",
+    "teacher": "train.teacher",
+    "student": "train.students",
+    "max_per_class": "data.max_per_class",
+    "decode": "synthesize.decode",
+    "out": "out",
+    "seed": "seed",
+    "address": "ray.address",
+}
+
+
+def run_options(command):
+    """The flags every pipeline command takes."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(), help="YAML run config."),
+        click.option("--data", help='Training images: "digits", or a path/URI of parquet, webdataset or ImageFolder.'),
+        click.option("--val-data", help="Validation images (default: the val/test split beside --data)."),
+        click.option("--prior", help='Prior: "pixel", "tiny", "taef2:DIR", "vae:DIR_OR_HUB_ID".'),
+        click.option("--method", help="Quantizer: ddoq, kmeans (D4M) or random."),
+        click.option("--ipc", type=int, help="Images per class."),
+        click.option("--teacher", help='Soft-label teacher, e.g. "cifar-resnet56:FILE" or a timm name.'),
+        click.option("--student", multiple=True, help="Student architecture (repeatable)."),
+        click.option("--max-per-class", type=int, help="Use at most this many training images per class."),
+        click.option("--decode", help="How prototypes become images: nearest or decoder."),
+        click.option("--out", help="Run directory (local path, s3://, gs://)."),
+        click.option("--seed", type=int, help="Seed for every random choice."),
+        click.option("--set", "overrides", multiple=True, help="Override any config key: section.key=value."),
+        click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_config(config_file: str | None, overrides: tuple[str, ...], **flags: Any):
+    updates = []
+    for flag, key in FLAG_KEYS.items():
+        value = flags.get(flag)
+        if value is None or value == ():
+            continue
+        nested: Any = list(value) if isinstance(value, tuple) else value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        updates.append(nested)
+    updates += [parse_override(text) for text in overrides]
+    return load_config(config_file, updates)
+
+
+def _run(only: str | None, **kwargs: Any) -> None:
+    from raydistill import pipeline
+
+    result = pipeline.run(build_config(**kwargs), only=only)
+    if only is None:
+        click.echo(pipeline_summary(result))
+    else:
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "versions"}, indent=2))
+
+
+def pipeline_summary(report: dict) -> str:
+    lines = [f"{report['method']} IPC {report['ipc']} on {report['dataset']} (prior {report['prior']})"]
+    for student, scores in report["students"].items():
+        line = f"  {student}: top-1 {scores['top1']:.2f}"
+        if "baseline" in report:
+            line += f"  (random real subset {report['baseline'][student]['top1']:.2f})"
+        lines.append(line)
+    q = report["quantization"]
+    lines.append(f"  W2 weighted {q['w2_weighted']:.4f} vs uniform {q['w2_uniform']:.4f} "
+                 f"({100 * q['w2_reduction']:.1f} % lower)")
+    return "\n".join(lines)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log each stage's progress.")
+def cli(verbose: bool) -> None:
+    """Distil a labelled image set into a few weighted images per class, on Ray."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("raydistill").setLevel(logging.INFO)
+
+
+@cli.command()
+@run_options
+def run(**kwargs: Any) -> None:
+    """Run every stage (skipping those already done with the same config) and print the results."""
+    _run(None, **kwargs)
+
+
+def _stage_command(name: str) -> None:
+    def command(**kwargs: Any) -> None:
+        _run(name, **kwargs)
+
+    command.__doc__ = f"Run only the {name} stage (the stages before it must be done)."
+    cli.command(name=name)(run_options(command))
+
+
+for _stage in ("encode", "quantize", "synthesize", "train", "evaluate", "report"):
+    _stage_command(_stage)
+
+
+@cli.command()
+@click.option("--out", "run_dir", required=True, help="The run directory whose distilled/ to export.")
+@click.option("--dest", required=True, type=click.Path(), help="Folder to write the ImageFolder tree into.")
+def export(run_dir: str, dest: str) -> None:
+    """Write distilled/ as an ImageFolder (<class>/<id>.png) plus weights.csv, for other tools."""
+    from raydistill.export import export_image_folder
+
+    written = export_image_folder(run_dir, dest)
+    click.echo(f"wrote {written} images to {dest}")
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, without a traceback."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - only to unwrap user errors raised inside Ray workers
+        cause = user_error_cause(e)
+        if cause is None:
+            raise
+        click.echo(f"error: {cause}", err=True)
+        sys.exit(2)
+
+
+def user_error_cause(error: BaseException) -> UserError | None:
+    """The innermost UserError behind an exception, also when Ray wrapped it (RayTaskError keeps a `cause`)."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            found = error
+        error = getattr(error, "cause", None) or error.__cause__
+    return found

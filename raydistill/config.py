@@ -1,0 +1,279 @@
+"""Typed run configuration: one frozen section per stage, YAML in, `--set section.key=value` overrides.
+
+Everything a user can get wrong is checked in `validate` before Ray starts, so a bad config fails in a second.
+Fields marked `resource` (actor counts, batch sizes of inference) do not change results and are left out of
+the stage fingerprints, so resizing a rerun does not redo finished work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raydistill.errors import UserError
+
+
+def resource(default: Any) -> Any:
+    """A field that sizes the work without changing its result (kept out of fingerprints)."""
+    return field(default=default, metadata={"resource": True})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from.
+
+    Attributes:
+        train: "digits" (built in), or a path / pyarrow.fs URI of parquet shards, webdataset tars or an ImageFolder.
+        val: validation data; None takes the `val`/`test` split beside `train`.
+        format: "auto" or a reader name (parquet, webdataset, imagefolder, digits).
+        image_size: side of the square images the students see (short side resized, centre crop).
+        max_per_class: keep at most this many training images per class (a seeded, order-independent choice).
+    """
+
+    train: str = "digits"
+    val: str | None = None
+    format: str = "auto"
+    image_size: int = 32
+    max_per_class: int | None = None
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """The generative prior whose latent space the methods work in.
+
+    Attributes:
+        spec: registry name, optionally with an argument: "pixel", "tiny", "taef2:DIR", "vae:DIR_OR_HUB_ID".
+        resolution: pixel size the encoder takes; None uses the prior's own default.
+    """
+
+    spec: str = "pixel"
+    resolution: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Encoder actor pool. `gpus_per_actor` None means 1 when the cluster has GPUs, else 0."""
+
+    batch_size: int = resource(64)
+    actors: int = resource(1)
+    gpus_per_actor: float | None = resource(None)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Per-class quantization.
+
+    Attributes:
+        method: quantizer name (ddoq, kmeans, random).
+        ipc: prototypes (images) per class.
+        iterations: k-means iterations.
+        restarts: k-means runs per class; the one with the lowest distortion is kept.
+        classes_per_task: classes handled by one Ray task (larger amortises task start-up on many small classes).
+    """
+
+    method: str = "ddoq"
+    ipc: int = 10
+    iterations: int = 50
+    restarts: int = 1
+    classes_per_task: int = resource(1)
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    """How prototypes become images.
+
+    Attributes:
+        decode: "nearest" uses the real image whose latent is nearest to each prototype (a weighted k-medoid
+            coreset); "decoder" runs the prior's decoder on the prototype itself.
+    """
+
+    decode: str = "nearest"
+    batch_size: int = resource(32)
+    actors: int = resource(1)
+    gpus_per_actor: float | None = resource(None)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Student training on the distilled set (Ray Train).
+
+    Attributes:
+        students: student architectures (registry names or any timm model name).
+        teacher: soft-label teacher spec ("cifar-resnet56:FILE", "TIMM_NAME[:FILE]"); None trains on hard labels.
+        temperature: softmax temperature of the teacher's soft labels.
+        min_crop_scale: lower bound of RandomResizedCrop's area scale.
+        weight_transform: how prototype weights are tempered for training: "none", "uniform", "power:a", "mix:b".
+        workers: Ray Train workers per student.
+        checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
+    """
+
+    students: tuple[str, ...] = ("convnet3",)
+    teacher: str | None = None
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 20.0
+    min_crop_scale: float = 0.08
+    weight_transform: str = "none"
+    workers: int = resource(1)
+    use_gpu: bool | None = resource(None)
+    checkpoint_every: int = resource(10)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation on the validation split.
+
+    Attributes:
+        baseline: also train and evaluate a random real subset of the same size with the same protocol.
+    """
+
+    baseline: bool = True
+    batch_size: int = resource(256)
+    actors: int = resource(1)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray connection. `address` None starts a local Ray sized by `num_cpus` and `object_store_mb`."""
+
+    address: str | None = resource(None)
+    num_cpus: int | None = resource(None)
+    object_store_mb: int = resource(1024)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: the output directory, the seed and one section per stage."""
+
+    out: str = "runs/default"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    prior: PriorConfig = PriorConfig()
+    encode: EncodeConfig = EncodeConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    synthesize: SynthesizeConfig = SynthesizeConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Converts a YAML value to the field's declared type, or raises a UserError naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [a for a in options if a is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is tuple:
+        (inner, _) = typing.get_args(annotation)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(v, inner, where) for v in items)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"config key {where!r} expects {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise UserError(f"unknown config key {path!r}; valid keys{' in ' + where if where else ''}: {', '.join(names)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {path!r} is a section; give it a mapping of its keys")
+            kwargs[key] = _build(annotation, value, path)
+        else:
+            kwargs[key] = _coerce(value, annotation, path)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML-friendly data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turns "section.key=value" into a nested dict; the value is parsed as YAML ("10", "null", "[a, b]")."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r} must look like section.key=value, e.g. --set train.epochs=50")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict[str, Any] = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[dict[str, Any]] = ()) -> RunConfig:
+    """Builds a RunConfig from an optional YAML file and nested override dicts, applied in order.
+
+    Raises:
+        UserError: the file is missing or not a mapping, a key does not exist, or a value has the wrong type.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} does not exist; pass --config with a YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {str(path)!r} must hold a mapping of sections (data:, quantize:, ...)")
+        values = loaded
+    for override in overrides:
+        values = _merge(values, override)
+    return _build(RunConfig, values, "")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of config sections (resource fields dropped) and upstream fingerprints."""
+
+    def semantic(part: Any) -> Any:
+        if dataclasses.is_dataclass(part):
+            return {
+                f.name: semantic(getattr(part, f.name))
+                for f in dataclasses.fields(part)
+                if not f.metadata.get("resource")
+            }
+        return part
+
+    text = json.dumps([semantic(p) for p in parts], sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,166 @@
+"""Stage order, fingerprints, skip/redo, and the checks that run before Ray starts.
+
+A stage is skipped when its `_SUCCESS.json` holds the fingerprint of its config sections and of the stages it
+reads; otherwise its folder is cleared and it runs again, and so does every stage after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from raydistill.config import RunConfig, fingerprint, to_dict
+from raydistill.data import ImageSource, open_source
+from raydistill.data.selection import class_counts, select_per_class
+from raydistill.errors import UserError
+from raydistill.priors import load_prior
+from raydistill.quantize import QUANTIZERS
+from raydistill.rundir import RunDir
+from raydistill.stages.context import Context, StageOutput
+from raydistill.stages.quantize import check_class_sizes
+from raydistill.train.losses import parse_weight_transform
+from raydistill.train.models import create_student, load_teacher
+
+log = logging.getLogger("raydistill")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: the folder its marker lives in and the config sections its result depends on."""
+
+    name: str
+    folder: str
+    sections: Callable[[RunConfig], tuple]
+
+
+STAGES = (
+    Stage("encode", "latents", lambda c: (c.seed, c.data.train, c.data.format, c.data.image_size,
+                                          c.data.max_per_class, c.prior)),
+    Stage("quantize", "prototypes", lambda c: (c.quantize, c.evaluate.baseline)),
+    Stage("synthesize", "distilled", lambda c: (c.synthesize,)),
+    Stage("train", "students", lambda c: (c.train,)),
+    Stage("evaluate", "evaluation", lambda c: (c.data.val,)),
+    Stage("report", "report", lambda c: ()),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def stage_fingerprints(config: RunConfig) -> dict[str, str]:
+    """Each stage's fingerprint chains the one before it, so a changed upstream redoes everything after it."""
+    fingerprints, upstream = {}, ""
+    for stage in STAGES:
+        upstream = fingerprint(upstream, *stage.sections(config))
+        fingerprints[stage.name] = upstream
+    return fingerprints
+
+
+def validate(config: RunConfig) -> None:
+    """Checks names and values that need no data, so a bad config fails before anything is read."""
+    if config.quantize.ipc <= 0:
+        raise UserError(f"--ipc must be a positive number of images per class, got {config.quantize.ipc}")
+    QUANTIZERS.get(config.quantize.method)
+    if config.synthesize.decode not in ("nearest", "decoder"):
+        raise UserError(f"synthesize.decode {config.synthesize.decode!r} is not valid; use nearest or decoder")
+    if config.data.image_size < 8:
+        raise UserError(f"data.image_size must be at least 8 pixels, got {config.data.image_size}")
+    if config.data.max_per_class is not None and config.data.max_per_class <= 0:
+        raise UserError(f"--max-per-class must be positive, got {config.data.max_per_class}")
+    if not config.train.students:
+        raise UserError("no student to train: pass --student NAME (e.g. convnet3)")
+    for student in config.train.students:
+        create_student(student, num_classes=2, image_size=config.data.image_size)
+    for name, value in (("epochs", config.train.epochs), ("batch_size", config.train.batch_size),
+                        ("workers", config.train.workers), ("checkpoint_every", config.train.checkpoint_every)):
+        if value <= 0:
+            raise UserError(f"train.{name} must be positive, got {value}")
+    parse_weight_transform(config.train.weight_transform)
+
+
+def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | None:
+    """`--val-data` (its val split, else the whole of it), or the val/test split beside the training data."""
+    if config.data.val is None:
+        try:
+            return open_source(config.data.train, "val", config.data.format)
+        except UserError:
+            return None  # the evaluate stage says how to give one
+    try:
+        source = open_source(config.data.val, "val", config.data.format)
+    except UserError:
+        source = open_source(config.data.val, "train", config.data.format)
+    if source.class_names != class_names:
+        raise UserError(
+            f"--val-data {config.data.val} has classes {source.class_names[:5]}... but the training data has "
+            f"{class_names[:5]}...; give validation data with the same classes"
+        )
+    return source
+
+
+def prepare(config: RunConfig) -> Context:
+    """Validates the config, opens the data, counts each class and loads the prior once: all before Ray."""
+    validate(config)
+    train_source = open_source(config.data.train, "train", config.data.format)
+    val_source = open_validation(config, train_source.class_names)
+    if config.data.max_per_class is None:
+        keep_ids, counts = None, class_counts(train_source.iter_index())
+    else:
+        keep_ids, counts = select_per_class(train_source.iter_index(), config.data.max_per_class, config.seed)
+    class_names = train_source.class_names
+    check_class_sizes(counts, class_names, config.quantize.ipc)
+    if config.train.teacher:
+        load_teacher(config.train.teacher, len(class_names))
+    prior = load_prior(config.prior.spec, config.prior.resolution)
+    rundir = RunDir(config.out)
+    rundir.write_json(to_dict(config), "config.json")
+    rundir.write_json(class_names, "class_names.json")
+    return Context(
+        config=config, rundir=rundir, train_source=train_source, val_source=val_source, class_names=class_names,
+        class_counts=counts, keep_ids=keep_ids, latent_shape=tuple(prior.latent_shape), resolution=prior.resolution,
+    )
+
+
+def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: bool = False) -> dict:
+    """Runs one stage unless its marker matches; returns the marker."""
+    from raydistill.stages import encode, evaluate, quantize, report, synthesize, train
+
+    marker = ctx.rundir.marker(stage.folder)
+    if marker and marker["fingerprint"] == fingerprints[stage.name] and not force:
+        log.info("%s: done before (fingerprint %s), skipped", stage.name, marker["fingerprint"])
+        return marker
+    for earlier in STAGES[: STAGES.index(stage)]:
+        done = ctx.rundir.marker(earlier.folder)
+        if not done or done["fingerprint"] != fingerprints[earlier.name]:
+            raise UserError(
+                f"stage {stage.name!r} needs stage {earlier.name!r} finished with this config; "
+                f"run `raydistill {earlier.name}` first, or `raydistill run` for all stages"
+            )
+    log.info("%s: running", stage.name)
+    start = time.perf_counter()
+    runners = {"encode": encode.run, "quantize": quantize.run, "synthesize": synthesize.run,
+               "evaluate": evaluate.run, "report": report.run}
+    if stage.name == "train":
+        output: StageOutput = train.run(ctx, fingerprints["train"])
+    else:
+        output = runners[stage.name](ctx)
+    seconds = time.perf_counter() - start
+    log.info("%s: %d rows in %.1f s", stage.name, output.rows, seconds)
+    return ctx.rundir.write_marker(stage.folder, fingerprints[stage.name], output.rows, seconds, **output.extra)
+
+
+def run(config: RunConfig, only: str | None = None) -> dict:
+    """Runs the whole pipeline (or one stage) and returns the report (or that stage's marker).
+
+    Raises:
+        UserError: bad config or data, found before Ray starts where possible.
+    """
+    from raydistill.stages.cluster import connect
+
+    ctx = prepare(config)
+    connect(config.ray)
+    fingerprints = stage_fingerprints(config)
+    if only is not None:
+        return run_stage(ctx, next(s for s in STAGES if s.name == only), fingerprints, force=True)
+    for stage in STAGES:
+        run_stage(ctx, stage, fingerprints)
+    return ctx.rundir.read_json("report", "report.json")

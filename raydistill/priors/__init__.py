@@ -1,0 +1,6 @@
+"""Priors: autoencoders between images and latents, loaded by spec string ("NAME" or "NAME:ARG")."""
+
+from raydistill.priors import autoencoders as _autoencoders  # noqa: F401  (fills PRIORS)
+from raydistill.priors.base import PRIORS, Prior, list_priors, load_prior
+
+__all__ = ["PRIORS", "Prior", "list_priors", "load_prior"]

@@ -1,0 +1,53 @@
+"""DDOQ and D4M: k-means prototypes of a class, weighted by their Voronoi masses (DDOQ) or uniformly (D4M).
+
+DDOQ (Dataset Distillation as Pushforward Optimal Quantization), Sec. 3: the optimal K-quantizer of the class's
+empirical measure mu_N is the k-means codebook {c_k}, and the optimal weights on it are the Voronoi masses
+w_k = mu_N(V_k) (Proposition 1). D4M uses the same centroids and discards the masses.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from raydistill.quantize.base import QUANTIZERS, Quantization
+from raydistill.quantize.metrics import nearest, voronoi_counts
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int) -> np.ndarray:
+    """1. Lloyd's algorithm (faiss), best of `restarts` seeded runs; every point counts (no subsampling)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    kmeans = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=iterations,
+        nredo=restarts,
+        seed=seed,
+        min_points_per_centroid=1,  # small classes are legitimate here; faiss would warn below 39 per centroid
+        max_points_per_centroid=len(x),
+        verbose=False,
+    )
+    kmeans.train(x)
+    return kmeans.centroids.copy()
+
+
+def _quantize(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, weighted: bool) -> Quantization:
+    points = _kmeans(x, k, seed, iterations, restarts)
+    # 2. Voronoi masses w_k = |V_k| / N of the final codebook.
+    counts = voronoi_counts(x, points)
+    weights = counts / counts.sum() if weighted else np.full(k, 1.0 / k)
+    # 3. The real point nearest to each centroid, for decoders that snap to real data.
+    nearest_rows, _ = nearest(points, x)
+    return Quantization(points=points, weights=weights.astype(np.float64), counts=counts, nearest=nearest_rows)
+
+
+@QUANTIZERS.register("ddoq")
+def ddoq(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1) -> Quantization:
+    """k-means centroids with their Voronoi masses as weights (DDOQ)."""
+    return _quantize(x, k, seed, iterations, restarts, weighted=True)
+
+
+@QUANTIZERS.register("kmeans")
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1) -> Quantization:
+    """The same centroids with uniform weights (D4M)."""
+    return _quantize(x, k, seed, iterations, restarts, weighted=False)

@@ -1,0 +1,52 @@
+"""Joining or starting Ray, and sizing work from what the cluster has."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import ray
+
+from raydistill.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def connect(config: RayConfig) -> None:
+    """Joins the cluster at `config.address` or $RAY_ADDRESS (set by `ray job submit`), else starts a local Ray.
+
+    A job never passes a runtime_env here: the one given to `ray job submit` applies unchanged.
+    """
+    if ray.is_initialized():
+        return
+    if config.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=config.address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=config.num_cpus,
+            object_store_memory=config.object_store_mb * 2**20,
+            log_to_driver=True,
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1))
+
+
+def gpus_per_actor(configured: float | None) -> float:
+    """The configured GPUs per model actor, or 1 when the cluster has GPUs and 0 when it has none."""
+    if configured is not None:
+        return configured
+    return 1.0 if cluster_gpus() > 0 else 0.0
+
+
+def cpus_per_actor(actors: int) -> float:
+    """CPUs for each of `actors` CPU model actors, leaving one CPU for the read and decode tasks."""
+    return max(1.0, (cluster_cpus() - 1) // max(actors, 1))

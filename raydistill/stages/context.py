@@ -1,0 +1,64 @@
+"""What every stage gets: the config, the run directory, the data sources and what the driver learnt up front."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from raydistill.config import RunConfig
+from raydistill.data import ImageSource
+from raydistill.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class DistilledVariant:
+    """One set the run distils and trains on: the method's own, or the random real baseline beside it.
+
+    Attributes:
+        prefix: folder inside the run ("" for the method, "baseline" for the baseline).
+        method: the quantizer that made it.
+    """
+
+    prefix: str
+    method: str
+
+    def folder(self, stage: str) -> str:
+        return f"{self.prefix}/{stage}" if self.prefix else stage
+
+
+@dataclass
+class Context:
+    """Shared by the stages of one run.
+
+    Attributes:
+        class_counts: training images per label after `max_per_class`, from the index pass.
+        keep_ids: the ids kept by `max_per_class`, or None to keep all.
+        latent_shape: (C, h, w) of one latent of the prior at its resolution.
+    """
+
+    config: RunConfig
+    rundir: RunDir
+    train_source: ImageSource
+    val_source: ImageSource | None
+    class_names: list[str]
+    class_counts: Counter
+    keep_ids: frozenset | None
+    latent_shape: tuple[int, int, int]
+    resolution: int
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[DistilledVariant]:
+        variants = [DistilledVariant("", self.config.quantize.method)]
+        if self.config.evaluate.baseline and self.config.quantize.method != "random":
+            variants.append(DistilledVariant("baseline", "random"))
+        return variants
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage reports for its marker: rows written and anything else worth keeping."""
+
+    rows: int
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,76 @@
+"""evaluate: top-1/top-5 of every trained student on the validation split, in one pass over it.
+
+The validation images stream through the CPU decode tasks into an actor pool that holds all students and returns
+correct counts per batch; the driver only adds the counts up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from ray.data import ActorPoolStrategy
+
+from raydistill.data import decode_dataset
+from raydistill.errors import UserError
+from raydistill.imaging import to_tensor
+from raydistill.rundir import RunDir
+from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
+from raydistill.stages.context import Context, StageOutput
+from raydistill.stages.encode import model_device
+from raydistill.stages.train import load_student
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    """How many labels are among the k highest logits."""
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+
+
+class Evaluator:
+    """Ray Data actor: every student on each validation batch; returns one row of correct counts."""
+
+    def __init__(self, run_uri: str, folders: list[str], num_cpus: float):
+        self.device, _ = model_device(num_cpus)
+        rundir = RunDir(run_uri)
+        self.students = [load_student(rundir, folder, self.device) for folder in folders]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        images = to_tensor(batch["image"]).to(self.device)
+        labels = torch.from_numpy(batch["label"].astype(np.int64)).to(self.device)
+        row = {"images": [len(labels)]}
+        with torch.inference_mode():
+            for i, student in enumerate(self.students):
+                logits = student(images).float()
+                row[f"top1_{i}"] = [topk_correct(logits, labels, 1)]
+                row[f"top5_{i}"] = [topk_correct(logits, labels, 5)]
+        return pa.table(row)
+
+
+def run(ctx: Context) -> StageOutput:
+    cfg = ctx.config
+    if ctx.val_source is None:
+        raise UserError("no validation data: pass --val-data, or put a val/ or test split beside the training data")
+    keys = [(variant, student) for variant in ctx.variants for student in cfg.train.students]
+    folders = [variant.folder(f"students/{student}") for variant, student in keys]
+    gpus = gpus_per_actor(None)
+    cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
+    counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size).map_batches(
+        Evaluator,
+        fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "folders": folders, "num_cpus": cpus},
+        compute=ActorPoolStrategy(size=cfg.evaluate.actors),
+        batch_size=cfg.evaluate.batch_size,
+        batch_format="numpy",
+        num_gpus=gpus,
+        num_cpus=cpus,
+    ).to_pandas().sum()
+    images = int(counts["images"])
+    results: dict[str, dict] = {}
+    for i, (variant, student) in enumerate(keys):
+        results.setdefault(variant.prefix or "method", {})[student] = {
+            "top1": round(100.0 * counts[f"top1_{i}"] / images, 2),
+            "top5": round(100.0 * counts[f"top5_{i}"] / images, 2),
+        }
+    ctx.rundir.reset("evaluation")
+    ctx.rundir.write_json({"images": images, "results": results}, "evaluation", "results.json")
+    return StageOutput(rows=images, extra={"results": results})

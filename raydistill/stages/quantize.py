@@ -1,0 +1,119 @@
+"""quantize: one Ray task per group of classes runs the quantizer on each class's latents; writes prototypes/.
+
+Tasks get paths, not arrays: each reads its classes' `latents/label=c/` partitions and writes one
+`class-c.parquet` per class, and returns only small per-class statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from raydistill.errors import UserError
+from raydistill.quantize import QUANTIZERS, wasserstein2
+from raydistill.rundir import RunDir
+from raydistill.stages.context import Context, DistilledVariant, StageOutput
+from raydistill.stages.encode import fixed_size_list, written_class_counts
+
+
+def read_class_latents(rundir: RunDir, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, latents (N, D) float32) of one class from latents/, in id order so reruns see the same rows."""
+    table = pq.read_table(rundir.path("latents", f"label={label}"), filesystem=rundir.fs, columns=["id", "latent"])
+    table = table.sort_by("id")
+    column = table.column("latent").combine_chunks()
+    latents = column.flatten().to_numpy().reshape(len(table), -1)
+    return np.asarray(table.column("id").to_pylist(), dtype=object), latents
+
+
+def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: int, seed: int,
+                   iterations: int, restarts: int) -> dict:
+    """Quantizes one class, writes its prototypes and returns its statistics (plain function, no Ray)."""
+    ids, x = read_class_latents(rundir, label)
+    result = QUANTIZERS.get(method)(x, ipc, seed=seed * 1_000_003 + label, iterations=iterations, restarts=restarts)
+    table = pa.table({
+        "label": pa.array(np.full(ipc, label, dtype=np.int32)),
+        "index": pa.array(np.arange(ipc, dtype=np.int32)),
+        "point": fixed_size_list(result.points),
+        "weight": pa.array(result.weights),
+        "count": pa.array(result.counts),
+        "method": pa.array([method] * ipc),
+        "nearest_id": pa.array(ids[result.nearest].astype(str)),
+    })
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    rundir.write_bytes(sink.getvalue().to_pybytes(), folder, f"class-{label:05d}.parquet")
+    uniform = np.full(ipc, 1.0 / ipc)
+    voronoi = result.counts / result.counts.sum()
+    return {
+        "label": label,
+        "images": len(x),
+        "w2_weighted": wasserstein2(x, result.points, voronoi),
+        "w2_uniform": wasserstein2(x, result.points, uniform),
+        "weight_min": float(result.weights.min()),
+        "weight_max": float(result.weights.max()),
+        "empty_cells": int((result.counts == 0).sum()),
+    }
+
+
+@ray.remote(num_cpus=1)
+def _quantize_classes(run_uri: str, folder: str, labels: list[int], **kwargs) -> list[dict]:
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one CPU per task; many tasks run side by side
+    rundir = RunDir(run_uri)
+    return [quantize_class(rundir, folder, label, **kwargs) for label in labels]
+
+
+def check_class_sizes(counts: dict[int, int], class_names: list[str], ipc: int) -> None:
+    """Every class must have at least IPC images; a class with none or too few is a clear error."""
+    for label, name in enumerate(class_names):
+        have = counts.get(label, 0)
+        if have == 0:
+            raise UserError(f"class {name!r} (label {label}) has no images; add images or remove the class")
+        if have < ipc:
+            raise UserError(
+                f"class {name!r} (label {label}) has {have} images but --ipc is {ipc}; "
+                f"lower --ipc to at most {have} or add images (or raise --max-per-class)"
+            )
+
+
+def run_variant(ctx: Context, variant: DistilledVariant) -> tuple[int, list[dict]]:
+    cfg = ctx.config
+    folder = variant.folder("prototypes")
+    ctx.rundir.reset(folder)
+    labels = sorted(written_class_counts(ctx, "latents"))
+    groups = [labels[i:i + cfg.quantize.classes_per_task] for i in range(0, len(labels), cfg.quantize.classes_per_task)]
+    refs = [
+        _quantize_classes.remote(
+            ctx.rundir.uri, folder, group, method=variant.method, ipc=cfg.quantize.ipc, seed=cfg.seed,
+            iterations=cfg.quantize.iterations, restarts=cfg.quantize.restarts,
+        )
+        for group in groups
+    ]
+    stats = sorted((s for chunk in ray.get(refs) for s in chunk), key=lambda s: s["label"])
+    ctx.rundir.write_json(stats, folder, "_class_stats.json")
+    return len(stats) * cfg.quantize.ipc, stats
+
+
+def summarise(stats: list[dict]) -> dict:
+    weighted = np.array([s["w2_weighted"] for s in stats])
+    uniform = np.array([s["w2_uniform"] for s in stats])
+    return {
+        "w2_weighted": float(weighted.mean()),
+        "w2_uniform": float(uniform.mean()),
+        "w2_reduction": float(np.mean(1 - weighted / np.maximum(uniform, 1e-12))),
+        "weight_max_over_min": float(np.max([s["weight_max"] / max(s["weight_min"], 1e-12) for s in stats])),
+        "empty_cells": int(sum(s["empty_cells"] for s in stats)),
+    }
+
+
+def run(ctx: Context) -> StageOutput:
+    check_class_sizes(written_class_counts(ctx, "latents"), ctx.class_names, ctx.config.quantize.ipc)
+    rows, extra = 0, {}
+    for variant in ctx.variants:
+        written, stats = run_variant(ctx, variant)
+        rows += written
+        extra[variant.prefix or "method"] = summarise(stats)
+    return StageOutput(rows=rows, extra=extra)

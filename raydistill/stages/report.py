@@ -1,0 +1,103 @@
+"""report: report/report.json, report/report.md and report/grid.png from what the earlier stages wrote."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from raydistill.config import to_dict
+from raydistill.imaging import png_decode
+from raydistill.stages.context import Context, StageOutput
+
+GRID_CLASSES = 20
+GRID_IMAGES = 10
+GRID_CELL = 48
+
+
+def grid_png(ctx: Context) -> bytes:
+    """The first distilled images of the first classes, one row per class, upscaled to be visible."""
+    files = ctx.rundir.files("distilled", suffix=".parquet")
+    table = pq.read_table(files, filesystem=ctx.rundir.fs, columns=["label", "prototype", "image"])
+    rows = sorted(table.to_pylist(), key=lambda r: (r["label"], r["prototype"]))
+    classes = sorted({r["label"] for r in rows})[:GRID_CLASSES]
+    canvas = Image.new("RGB", (GRID_IMAGES * GRID_CELL, len(classes) * GRID_CELL), "white")
+    for y, label in enumerate(classes):
+        for x, row in enumerate([r for r in rows if r["label"] == label][:GRID_IMAGES]):
+            tile = Image.fromarray(png_decode(row["image"])).resize((GRID_CELL, GRID_CELL), Image.NEAREST)
+            canvas.paste(tile, (x * GRID_CELL, y * GRID_CELL))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# raydistill report: {report['method']} at IPC {report['ipc']}",
+        "",
+        f"dataset `{report['dataset']}`, prior `{report['prior']}`, {report['num_classes']} classes, "
+        f"{report['train_images']} training images",
+        "",
+        "| set | student | top-1 | top-5 |",
+        "|---|---|---|---|",
+    ]
+    for label, results in (("distilled", report["students"]), ("random real (baseline)", report.get("baseline", {}))):
+        for student, scores in results.items():
+            lines.append(f"| {label} | {student} | {scores['top1']:.2f} | {scores.get('top5', float('nan')):.2f} |")
+    for student, gain in report.get("gain_over_baseline", {}).items():
+        lines.append(f"\nGain over the random real subset ({student}): {gain:+.2f} points top-1")
+    q = report["quantization"]
+    lines += [
+        "",
+        "## Quantization (latent space, mean over classes)",
+        "",
+        f"- W2 with the Voronoi (DDOQ) weights: {q['w2_weighted']:.4f}",
+        f"- W2 with uniform weights on the same points: {q['w2_uniform']:.4f}",
+        f"- mean reduction: {100 * q['w2_reduction']:.1f} % (DDOQ reports 16-20 % on ImageNet latents)",
+        f"- largest weight ratio within a class: {q['weight_max_over_min']:.1f}",
+        "",
+        "## Stages",
+        "",
+        "| stage | seconds | rows |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {s['seconds']:.1f} | {s['rows']} |" for name, s in report["stages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run(ctx: Context) -> StageOutput:
+    cfg = ctx.config
+    rundir = ctx.rundir
+    results = rundir.read_json("evaluation", "results.json")["results"]
+    quantize = rundir.marker("prototypes")
+    stages = {}
+    for stage, folder in (("encode", "latents"), ("quantize", "prototypes"), ("synthesize", "distilled"),
+                          ("train", "students"), ("evaluate", "evaluation")):
+        marker = rundir.marker(folder)
+        stages[stage] = {"seconds": marker["seconds"], "rows": marker["rows"]}
+    encode = rundir.marker("latents")
+    report = {
+        "method": cfg.quantize.method,
+        "ipc": cfg.quantize.ipc,
+        "prior": cfg.prior.spec,
+        "dataset": cfg.data.train,
+        "num_classes": len(ctx.class_names),
+        "train_images": encode["rows"],
+        "skipped_images": encode["skipped_images"],
+        "students": results["method"],
+        "quantization": {**quantize["method"], "per_class": rundir.read_json("prototypes", "_class_stats.json")},
+        "stages": stages,
+        "config": to_dict(cfg),
+    }
+    if "baseline" in results:
+        report["baseline"] = results["baseline"]
+        report["gain_over_baseline"] = {
+            s: round(results["method"][s]["top1"] - results["baseline"][s]["top1"], 2) for s in results["method"]
+        }
+    rundir.reset("report")
+    rundir.write_json(report, "report", "report.json")
+    rundir.write_bytes(markdown(report).encode(), "report", "report.md")
+    rundir.write_bytes(grid_png(ctx), "report", "grid.png")
+    return StageOutput(rows=1, extra={"top1": {s: v["top1"] for s, v in results["method"].items()}})
+

@@ -1,0 +1,122 @@
+"""synthesize: turn prototypes into images; writes distilled/ (id, label, image PNG, weight, prototype).
+
+`decoder` runs the prior's decoder on each prototype in an actor pool. `nearest` streams the real images whose
+latents are nearest to the prototypes (found by the quantize tasks) through the CPU decode tasks: a weighted
+k-medoid coreset with no generative decoder. distilled/weight is the prototype's weight; the train stage applies
+`train.weight_transform`, so tempering the weights never redoes synthesis.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.data import ActorPoolStrategy
+
+from raydistill.data import decode_dataset
+from raydistill.errors import UserError
+from raydistill.imaging import png_bytes, to_uint8
+from raydistill.priors import load_prior
+from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
+from raydistill.stages.context import Context, DistilledVariant, StageOutput
+from raydistill.stages.encode import model_device
+
+DECODERS = ("nearest", "decoder")
+
+
+def distilled_table(ids, labels, images: np.ndarray, weights, prototypes) -> pa.Table:
+    return pa.table({
+        "id": pa.array([str(i) for i in ids]),
+        "label": pa.array(np.asarray(labels, dtype=np.int32)),
+        "image": pa.array([png_bytes(image) for image in images], type=pa.binary()),
+        "weight": pa.array(np.asarray(weights, dtype=np.float64)),
+        "prototype": pa.array(np.asarray(prototypes, dtype=np.int32)),
+    })
+
+
+class Decoder:
+    """Ray Data actor: the prior's decoder on flattened prototype latents, resized to the output size."""
+
+    def __init__(self, prior_spec: str, resolution: int, latent_shape: list[int], image_size: int, num_cpus: float):
+        self.device, self.dtype = model_device(num_cpus)
+        self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
+        self.latent_shape, self.image_size = tuple(latent_shape), image_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        points = np.stack(batch["point"]).astype(np.float32).reshape(-1, *self.latent_shape)
+        with torch.inference_mode():
+            images = self.prior.decode(torch.from_numpy(points).to(self.device))
+        ids = [f"{label}-{index}" for label, index in zip(batch["label"], batch["index"])]
+        return distilled_table(ids, batch["label"], to_uint8(images, self.image_size), batch["weight"], batch["index"])
+
+
+def attach_prototypes(batch: dict[str, np.ndarray], by_id: dict[str, list[tuple[int, int, float]]]) -> pa.Table:
+    """One output row per prototype that snapped to each real image (two prototypes may share one)."""
+    ids, labels, images, weights, prototypes = [], [], [], [], []
+    for image_id, image in zip(batch["id"], batch["image"]):
+        for label, index, weight in by_id[str(image_id)]:
+            ids.append(f"{label}-{index}")
+            labels.append(label)
+            images.append(image)
+            weights.append(weight)
+            prototypes.append(index)
+    return distilled_table(ids, labels, np.asarray(images), weights, prototypes)
+
+
+def read_prototypes(ctx: Context, folder: str, columns: list[str]) -> pa.Table:
+    files = ctx.rundir.files(folder, suffix=".parquet")
+    return pa.concat_tables([pq.read_table(f, filesystem=ctx.rundir.fs, columns=columns) for f in files])
+
+
+def run_variant(ctx: Context, variant: DistilledVariant) -> int:
+    cfg = ctx.config
+    source_folder = variant.folder("prototypes")
+    decode = "nearest" if variant.method == "random" else cfg.synthesize.decode
+    if decode == "decoder":
+        gpus = gpus_per_actor(cfg.synthesize.gpus_per_actor)
+        cpus = 1.0 if gpus else cpus_per_actor(cfg.synthesize.actors)
+        prototypes = ray.data.read_parquet(
+            ctx.rundir.files(source_folder, suffix=".parquet"), filesystem=ctx.rundir.fs,
+            columns=["label", "index", "point", "weight"],
+        )
+        images = prototypes.map_batches(
+            Decoder,
+            fn_constructor_kwargs={
+                "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
+                "image_size": cfg.data.image_size, "num_cpus": cpus,
+            },
+            compute=ActorPoolStrategy(size=cfg.synthesize.actors),
+            batch_size=cfg.synthesize.batch_size,
+            batch_format="numpy",
+            num_gpus=gpus,
+            num_cpus=cpus,
+        )
+    else:
+        table = read_prototypes(ctx, source_folder, ["label", "index", "weight", "nearest_id"])
+        by_id: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+        for row in table.to_pylist():
+            by_id[row["nearest_id"]].append((row["label"], row["index"], row["weight"]))
+        real = decode_dataset(ctx.train_source.dataset(frozenset(by_id)), cfg.data.image_size)
+        images = real.map_batches(attach_prototypes, fn_kwargs={"by_id": dict(by_id)}, batch_format="numpy")
+    folder = ctx.rundir.reset(variant.folder("distilled"))
+    images.write_parquet(folder, filesystem=ctx.rundir.fs)
+    rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows
+               for f in ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"))
+    expected = len(ctx.class_names) * cfg.quantize.ipc
+    if rows != expected:
+        raise UserError(
+            f"synthesize wrote {rows} images for {variant.folder('distilled')}, expected {expected}; "
+            "the training images changed since encode ran: rerun with a new --out"
+        )
+    return rows
+
+
+def run(ctx: Context) -> StageOutput:
+    if ctx.config.synthesize.decode not in DECODERS:
+        raise UserError(f"synthesize.decode {ctx.config.synthesize.decode!r} is not one of {', '.join(DECODERS)}")
+    rows = sum(run_variant(ctx, variant) for variant in ctx.variants)
+    return StageOutput(rows=rows)

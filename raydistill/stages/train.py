@@ -1,0 +1,132 @@
+"""train: one Ray Train TorchTrainer per (distilled set, student); writes students/<name>/ (model, metrics).
+
+Checkpoints go to `train_state/<fingerprint>/<set>-<student>` every `train.checkpoint_every` epochs; a rerun
+with the same config reuses that run name, so Ray Train V2 resumes from the last checkpoint, and a worker that
+dies is replaced (FailureConfig) and continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import pyarrow.parquet as pq
+import ray.train
+import torch
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file, save_file
+
+from raydistill.rundir import RunDir
+from raydistill.stages.cluster import cluster_cpus, cluster_gpus
+from raydistill.stages.context import Context, DistilledVariant, StageOutput
+from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
+from raydistill.train.losses import transform_weights
+from raydistill.train.models import create_student, load_teacher
+
+STATE_FILE = "state.pt"
+
+
+def train_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: load the distilled set, resume if a checkpoint exists, train, report."""
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, config["cpus_per_worker"]))
+    device = ray.train.torch.get_device()
+    rundir = RunDir(config["run_uri"])
+    table = pq.read_table(config["files"], filesystem=rundir.fs)
+    data = DistilledSet.from_table(table)
+    data.weights = transform_weights(data.weights, data.labels, config["weight_transform"])
+    torch.manual_seed(config["settings"].seed)
+    model = create_student(config["student"], config["num_classes"], data.images.shape[1])
+    model = ray.train.torch.prepare_model(model)
+    teacher = load_teacher(config["teacher"], config["num_classes"]).to(device) if config["teacher"] else None
+    trainer = StudentTrainer(model, data, config["settings"], teacher=teacher, device=device, rank=rank, world=world)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), weights_only=False))
+    epochs, every = config["settings"].epochs, config["checkpoint_every"]
+    losses = []
+    while trainer.epoch < epochs:
+        metrics = trainer.train_epoch()
+        losses.append(round(metrics["loss"], 5))
+        # Report only with checkpoints: Train V2's controller takes one report per poll (about 2 s).
+        if trainer.epoch % every and trainer.epoch != epochs:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
+            checkpoint = Checkpoint.from_directory(folder) if rank == 0 else None
+            ray.train.report({**metrics, "losses": losses}, checkpoint=checkpoint)
+        losses = []
+
+
+def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str) -> dict:
+    cfg = ctx.config
+    workers = cfg.train.workers
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
+    cpus_per_worker = 1 if use_gpu else max(1, int(cluster_cpus()) // workers)
+    settings = TrainSettings(
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay, temperature=cfg.train.temperature,
+        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed,
+    )
+    run_name = f"{variant.prefix or 'method'}-{student}"
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "run_uri": ctx.rundir.uri, "files": ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"),
+            "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
+            "settings": settings, "weight_transform": cfg.train.weight_transform,
+            "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=ctx.rundir.path("train_state", fingerprint),
+            storage_filesystem=ctx.rundir.fs,
+            failure_config=FailureConfig(max_failures=3),
+        ),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+    out = variant.folder(f"students/{student}")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.safetensors")
+        save_file({k: v.contiguous() for k, v in state["model"].items()}, path)
+        ctx.rundir.write_bytes(open(path, "rb").read(), out, "model.safetensors")
+    metrics = {
+        "student": student, "epochs": state["epoch"], "final_loss": result.metrics.get("loss"),
+        "seconds": round(time.perf_counter() - start, 2), "images": len(ctx.class_names) * cfg.quantize.ipc,
+        "num_classes": len(ctx.class_names), "image_size": cfg.data.image_size,
+    }
+    ctx.rundir.write_json(metrics, out, "metrics.json")
+    return metrics
+
+
+def load_student(rundir: RunDir, folder: str, device: torch.device) -> torch.nn.Module:
+    """A trained student from students/<name>/, in eval mode."""
+    metrics = json.loads(rundir.read_bytes(folder, "metrics.json"))
+    model = create_student(metrics["student"], metrics["num_classes"], metrics["image_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.safetensors")
+        with open(path, "wb") as handle:
+            handle.write(rundir.read_bytes(folder, "model.safetensors"))
+        model.load_state_dict(load_file(path))
+    return model.to(device).eval()
+
+
+def run(ctx: Context, fingerprint: str) -> StageOutput:
+    trained = {}
+    for variant in ctx.variants:
+        ctx.rundir.reset(variant.folder("students"))
+        for student in ctx.config.train.students:
+            trained[f"{variant.prefix or 'method'}/{student}"] = train_student(ctx, variant, student, fingerprint)
+    return StageOutput(rows=len(trained), extra={"students": trained})

@@ -1,0 +1,124 @@
+"""One student's training on a distilled set, epoch by epoch, with no Ray in it (the train stage drives it).
+
+Each worker holds the whole distilled set (it is small by construction) and trains on its share of every
+global batch; the weighted loss is normalised over the global batch, so 1 or N workers give the same gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raydistill.imaging import png_decode
+from raydistill.train.augment import augment
+from raydistill.train.losses import per_sample_loss, weighted_mean
+
+
+@dataclass
+class DistilledSet:
+    """A distilled set in memory: uint8 images (N, H, W, 3), int64 labels, float64 training weights."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def from_table(cls, table) -> "DistilledSet":
+        """From a pyarrow table with `image` (PNG bytes), `label` and `weight` columns."""
+        images = np.stack([png_decode(data) for data in table.column("image").to_pylist()])
+        return cls(
+            images=images,
+            labels=table.column("label").to_numpy().astype(np.int64),
+            weights=table.column("weight").to_numpy().astype(np.float64),
+        )
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    temperature: float
+    min_crop_scale: float
+    seed: int
+
+
+def batches_for_epoch(n: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[np.ndarray]:
+    """This worker's rows of each global batch of one epoch.
+
+    The epoch's permutation is the same on every worker (seeded by seed and epoch); it is padded by wrapping to
+    whole global batches so every worker takes the same number of steps, and global batch b is split across
+    workers by stride.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    global_batch = min(batch_size, n)
+    steps = math.ceil(n / global_batch)
+    order = np.resize(order, steps * global_batch).reshape(steps, global_batch)
+    return [row[rank::world] for row in order]
+
+
+class StudentTrainer:
+    """AdamW + cosine schedule on the per-sample weighted loss, optionally against an online teacher."""
+
+    def __init__(self, model: torch.nn.Module, data: DistilledSet, settings: TrainSettings,
+                 teacher: torch.nn.Module | None = None, device: torch.device = torch.device("cpu"),
+                 rank: int = 0, world: int = 1):
+        self.model, self.data, self.settings, self.teacher = model, data, settings, teacher
+        self.device, self.rank, self.world = device, rank, world
+        self.steps_per_epoch = len(batches_for_epoch(len(data.labels), settings.batch_size, 0, 0, 0, 1))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=settings.epochs * self.steps_per_epoch
+        )
+        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
+        self.epoch = 0
+
+    def train_epoch(self) -> dict[str, float]:
+        """Runs the next epoch and returns its mean loss and learning rate."""
+        s = self.settings
+        generator = torch.Generator().manual_seed(s.seed * 100_003 + self.epoch * 7 + self.rank)
+        self.model.train()
+        losses = []
+        for rows in batches_for_epoch(len(self.data.labels), s.batch_size, self.epoch, s.seed, self.rank, self.world):
+            images = augment(self.images[rows].float() / 255.0, self.images.shape[-1], s.min_crop_scale, generator)
+            images = images.to(self.device)
+            labels = torch.from_numpy(self.data.labels[rows]).to(self.device)
+            weights = torch.from_numpy(self.data.weights[rows]).float().to(self.device)
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+            loss = weighted_mean(per_sample_loss(self.model(images), labels, teacher_logits, s.temperature), weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.detach() / self.world)
+        # Each worker's loss is its share of the global weighted mean; the sum over workers is that mean.
+        epoch_loss = torch.stack(losses).mean()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(epoch_loss)
+        self.epoch += 1
+        return {"epoch": self.epoch, "loss": float(epoch_loss), "lr": self.scheduler.get_last_lr()[0]}
+
+    def state_dict(self) -> dict:
+        return {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)

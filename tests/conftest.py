@@ -1,0 +1,23 @@
+"""One local Ray for the whole test run, with explicit small resources (NeMo Curator / Ray's own conftest style)."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent (it is only on the developers' and CI machines)")
+    return SHARED

@@ -1,0 +1,51 @@
+"""Config loading, overrides, validation messages and fingerprints."""
+
+import pytest
+
+from raydistill.config import RunConfig, fingerprint, load_config, parse_override
+from raydistill.errors import UserError
+from raydistill.pipeline import stage_fingerprints
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("quantize:\n  ipc: 5\ntrain:\n  students: [convnet3, cifar-resnet20]\n")
+    config = load_config(path, [parse_override("quantize.method=kmeans"), parse_override("data.max_per_class=100")])
+    assert config.quantize.ipc == 5 and config.quantize.method == "kmeans"
+    assert config.train.students == ("convnet3", "cifar-resnet20")
+    assert config.data.max_per_class == 100
+    assert load_config().quantize.method == "ddoq"
+
+
+def test_override_parses_yaml_values():
+    assert parse_override("data.val=null") == {"data": {"val": None}}
+    assert parse_override("train.lr=0.01") == {"train": {"lr": 0.01}}
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(UserError, match=r"unknown config key 'quantize.ipcs'; valid keys in quantize: method, ipc"):
+        load_config(None, [parse_override("quantize.ipcs=3")])
+    with pytest.raises(UserError, match=r"unknown config key 'quantise'"):
+        load_config(None, [{"quantise": {"ipc": 3}}])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(UserError, match=r"'quantize.ipc' expects int, got 'ten'"):
+        load_config(None, [parse_override("quantize.ipc=ten")])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="section.key=value"):
+        parse_override("quantize.ipc")
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resource_fields_do_not_change_fingerprints():
+    base = stage_fingerprints(RunConfig())
+    resized = stage_fingerprints(load_config(None, [{"encode": {"actors": 4, "batch_size": 7}}]))
+    assert base == resized
+    changed = stage_fingerprints(load_config(None, [{"quantize": {"ipc": 3}}]))
+    assert changed["encode"] == base["encode"]
+    assert all(changed[s] != base[s] for s in ("quantize", "synthesize", "train", "evaluate", "report"))
+    assert fingerprint(1, "a") == fingerprint(1, "a") != fingerprint(2, "a")

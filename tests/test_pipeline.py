@@ -1,0 +1,90 @@
+"""End to end on the built-in digits set: report contents, skip on rerun, a changed stage redone, export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from raydistill.cli import cli
+
+FAST = ["--set", "train.epochs=40", "--set", "train.checkpoint_every=20", "--set", "quantize.iterations=20"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def digits_run(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    result = invoke("run", "--ipc", "5", "--out", str(out), *FAST)
+    return out, result.output
+
+
+def test_report_has_the_promised_keys_and_sane_values(digits_run):
+    out, printed = digits_run
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["method"] == "ddoq" and report["ipc"] == 5 and report["prior"] == "pixel"
+    assert report["dataset"] == "digits" and report["num_classes"] == 10
+    for section in ("students", "baseline"):
+        top1 = report[section]["convnet3"]["top1"]
+        assert 30 < top1 <= 100, f"{section} top-1 {top1} is near chance: training is broken"
+    q = report["quantization"]
+    assert 0 < q["w2_weighted"] <= q["w2_uniform"]
+    assert set(report["stages"]) == {"encode", "quantize", "synthesize", "train", "evaluate"}
+    assert all(s["seconds"] > 0 and s["rows"] > 0 for s in report["stages"].values())
+    assert report["train_images"] + report["stages"]["evaluate"]["rows"] == 1797  # digits: train + held-out
+    assert report["skipped_images"] == 0
+    assert (out / "report" / "grid.png").stat().st_size > 1000
+    assert "top-1" in (out / "report" / "report.md").read_text()
+    assert "convnet3: top-1" in printed and "random real subset" in printed
+
+
+def test_distilled_set_contract(digits_run):
+    out, _ = digits_run
+    table = pq.read_table(out / "distilled")
+    assert table.num_rows == 50
+    assert np.bincount(table.column("label").to_numpy()).tolist() == [5] * 10
+    weights = table.column("weight").to_numpy()
+    labels = table.column("label").to_numpy()
+    for label in range(10):
+        assert weights[labels == label].sum() == pytest.approx(1.0)
+    prototypes = pq.read_table(out / "prototypes")
+    assert set(prototypes.column_names) >= {"label", "index", "point", "weight", "count", "method"}
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert prototypes.column("count").to_numpy().sum() == report["train_images"]
+    assert (out / "students" / "convnet3" / "model.safetensors").exists()
+    assert (out / "baseline" / "students" / "convnet3" / "metrics.json").exists()
+
+
+def test_rerun_skips_finished_stages(digits_run):
+    out, _ = digits_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("_SUCCESS.json")}
+    invoke("run", "--ipc", "5", "--out", str(out), *FAST)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("_SUCCESS.json")}
+    assert before == after
+
+
+def test_changed_training_redoes_only_train_and_later(digits_run, tmp_path):
+    out, _ = digits_run
+    markers = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}
+    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--set", "train.weight_transform=power:0.5")
+    now = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}
+    for folder in ("latents", "prototypes", "distilled"):
+        assert now[folder] == markers[folder]
+    for folder in ("students", "evaluation", "report"):
+        assert now[folder]["fingerprint"] != markers[folder]["fingerprint"]
+
+
+def test_export_writes_an_image_folder(digits_run, tmp_path):
+    out, _ = digits_run
+    invoke("export", "--out", str(out), "--dest", str(tmp_path / "export"))
+    pngs = sorted((tmp_path / "export").rglob("*.png"))
+    assert len(pngs) == 50 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
+    lines = (tmp_path / "export" / "weights.csv").read_text().splitlines()
+    assert lines[0] == "path,label,weight" and len(lines) == 51

@@ -1,0 +1,90 @@
+"""Quantizer properties on every registry entry: weights, counts, DDOQ's Proposition 1, seeds, shapes."""
+
+import numpy as np
+import pytest
+
+from raydistill.errors import UserError
+from raydistill.quantize import QUANTIZERS, list_quantizers, nearest, voronoi_counts, wasserstein2
+
+
+def blobs(n=300, d=8, seed=0):
+    """Three unequal Gaussian blobs, so Voronoi masses differ strongly."""
+    rng = np.random.default_rng(seed)
+    sizes = [int(n * 0.7), int(n * 0.2), n - int(n * 0.7) - int(n * 0.2)]
+    centres = rng.normal(scale=6.0, size=(3, d))
+    return np.concatenate([c + rng.normal(size=(s, d)) for c, s in zip(centres, sizes)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", list_quantizers())
+def test_weights_counts_and_shapes(method):
+    x = blobs()
+    result = QUANTIZERS.get(method)(x, 10, seed=1)
+    assert result.points.shape == (10, 8) and result.points.dtype == np.float32
+    assert result.weights.sum() == pytest.approx(1.0)
+    assert (result.weights >= 0).all()
+    assert result.counts.sum() == len(x)
+    np.testing.assert_array_equal(result.counts, voronoi_counts(x, result.points))
+    assert len(set(result.nearest.tolist())) <= 10 and result.nearest.max() < len(x)
+    assert np.isfinite(result.points).all()
+
+
+@pytest.mark.parametrize("method", list_quantizers())
+def test_same_seed_same_prototypes_other_seed_differs(method):
+    x = blobs()
+    a = QUANTIZERS.get(method)(x, 10, seed=3)
+    b = QUANTIZERS.get(method)(x, 10, seed=3)
+    c = QUANTIZERS.get(method)(x, 10, seed=4)
+    np.testing.assert_array_equal(a.points, b.points)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert not np.array_equal(a.points, c.points)
+
+
+def test_ddoq_weights_are_voronoi_masses_and_kmeans_uniform():
+    x = blobs()
+    ddoq = QUANTIZERS.get("ddoq")(x, 10, seed=0)
+    kmeans = QUANTIZERS.get("kmeans")(x, 10, seed=0)
+    np.testing.assert_array_equal(ddoq.points, kmeans.points)
+    np.testing.assert_allclose(ddoq.weights, ddoq.counts / len(x))
+    np.testing.assert_allclose(kmeans.weights, np.full(10, 0.1))
+    assert ddoq.weights.max() / ddoq.weights.min() > 2  # unequal blobs give unequal masses
+
+
+def test_random_subset_is_real_points():
+    x = blobs()
+    result = QUANTIZERS.get("random")(x, 7, seed=0)
+    np.testing.assert_array_equal(result.points, x[result.nearest])
+    assert len(set(result.nearest.tolist())) == 7
+
+
+@pytest.mark.parametrize("method", list_quantizers())
+@pytest.mark.parametrize("seed", range(3))
+def test_voronoi_weights_never_worse_than_uniform(method, seed):
+    """DDOQ Proposition 1: on fixed points, the Voronoi masses minimise W2 over all weights."""
+    x = blobs(n=200, seed=seed)
+    result = QUANTIZERS.get(method)(x, 10, seed=seed)
+    voronoi = result.counts / result.counts.sum()
+    weighted = wasserstein2(x, result.points, voronoi)
+    uniform = wasserstein2(x, result.points, np.full(10, 0.1))
+    assert weighted <= uniform + 1e-9
+    # With Voronoi weights the transport plan is the nearest-point assignment.
+    _, nearest_sq = nearest(x, result.points)
+    assert weighted == pytest.approx(np.sqrt(nearest_sq.mean()), rel=1e-4)
+
+
+def test_ddoq_reduces_w2_on_unequal_clusters():
+    x = blobs(n=400)
+    result = QUANTIZERS.get("ddoq")(x, 10, seed=0)
+    weighted = wasserstein2(x, result.points, result.weights)
+    uniform = wasserstein2(x, result.points, np.full(10, 0.1))
+    assert weighted < 0.95 * uniform
+
+
+def test_ipc_equal_to_class_size_keeps_every_point():
+    x = blobs(n=12)
+    result = QUANTIZERS.get("ddoq")(x, 12, seed=0)
+    np.testing.assert_array_equal(np.sort(result.counts), np.ones(12))
+
+
+def test_unknown_quantizer_lists_valid_ones():
+    with pytest.raises(UserError, match="unknown quantizer 'kmedoids'.*ddoq, kmeans, random"):
+        QUANTIZERS.get("kmedoids")
