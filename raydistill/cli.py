@@ -151,5 +151,7 @@ def user_error_cause(error: BaseException) -> UserError | None:
         seen.add(id(error))
         if isinstance(error, UserError):
             found = error
-        error = getattr(error, "cause", None) or error.__cause__
+        # Ray Train keeps each worker's exception by rank.
+        failures = list(getattr(error, "worker_failures", {}).values())
+        error = getattr(error, "cause", None) or error.__cause__ or (failures[0] if failures else None)
     return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -261,6 +262,31 @@ def load_config(path: str | Path | None = None, overrides: list[dict[str, Any]] 
     for override in overrides:
         values = _merge(values, override)
     return _build(RunConfig, values, "")
+
+
+def absolute_spec(spec: str | None) -> str | None:
+    """Makes the local path in "path" or "name:path" absolute, since Ray workers may run in another folder.
+
+    URIs, hub ids and names that are not existing local paths are returned unchanged.
+    """
+    if spec is None or "://" in spec:
+        return spec
+    name, colon, path = spec.partition(":")
+    if not colon:
+        name, path = "", spec
+    if not os.path.exists(path):
+        return spec
+    return f"{name}{colon}{os.path.abspath(path)}"
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """The config with every local data and weights path made absolute."""
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, train=absolute_spec(config.data.train), val=absolute_spec(config.data.val)),
+        prior=dataclasses.replace(config.prior, spec=absolute_spec(config.prior.spec)),
+        train=dataclasses.replace(config.train, teacher=absolute_spec(config.train.teacher)),
+    )
 
 
 def fingerprint(*parts: Any) -> str:

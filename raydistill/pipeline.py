@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from raydistill.config import RunConfig, fingerprint, to_dict
+from raydistill.config import RunConfig, fingerprint, to_dict, with_absolute_paths
 from raydistill.data import ImageSource, open_source
 from raydistill.data.selection import class_counts, select_per_class
 from raydistill.errors import UserError
@@ -100,6 +100,7 @@ def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | 
 def prepare(config: RunConfig) -> Context:
     """Validates the config, opens the data, counts each class and loads the prior once: all before Ray."""
     validate(config)
+    config = with_absolute_paths(config)
     train_source = open_source(config.data.train, "train", config.data.format)
     val_source = open_validation(config, train_source.class_names)
     if config.data.max_per_class is None:
@@ -158,7 +159,7 @@ def run(config: RunConfig, only: str | None = None) -> dict:
 
     ctx = prepare(config)
     connect(config.ray)
-    fingerprints = stage_fingerprints(config)
+    fingerprints = stage_fingerprints(ctx.config)
     if only is not None:
         return run_stage(ctx, next(s for s in STAGES if s.name == only), fingerprints, force=True)
     for stage in STAGES:

@@ -1,0 +1,117 @@
+"""Every bad input a user can cause gives one clear line on stderr and exit code 2, not a traceback."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raydistill.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["raydistill", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], corrupt: int = 0) -> Path:
+    """A parquet train shard with per_class[label] images (`corrupt` of them undecodable) and a val shard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        images, labels, ids = [], [], []
+        for label, count in per_class.items():
+            for i in range(count):
+                images.append(png(10 * label + i))
+                labels.append(label)
+                ids.append(f"{split}-{label}-{i}")
+        for i in range(corrupt if split == "train" else 0):
+            images[i] = b"not an image at all"
+        table = pa.table({"image": images, "label": pa.array(labels, pa.int32()), "id": ids})
+        pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
+    (folder / "dataset.json").write_text(json.dumps({"classes": classes}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/no/such/folder"], "/no/such/folder"),
+        (["--method", "kmedoids"], "unknown quantizer 'kmedoids'; valid quantizers: ddoq, kmeans, random"),
+        (["--prior", "sd15"], "unknown prior 'sd15'"),
+        (["--student", "no-such-net"], "no-such-net"),
+        (["--ipc", "0"], "--ipc must be a positive number"),
+        (["--ipc", "1000"], "has 1"),
+        (["--set", "quantize.ipcs=3"], "unknown config key 'quantize.ipcs'"),
+        (["--set", "train.weight_transform=cube"], "weight_transform 'cube' is not valid"),
+        (["--prior", "taef2:/no/such/weights"], "/no/such/weights"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(monkeypatch, capsys, tmp_path, args, message):
+    code, err = run_cli(monkeypatch, capsys, "run", "--out", str(tmp_path / "run"), *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and err.startswith("error: ")
+
+
+def test_empty_data_folder(monkeypatch, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(monkeypatch, capsys, "run", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "empty" in err
+
+
+def test_class_with_no_images(monkeypatch, capsys, tmp_path):
+    data = write_shards(tmp_path / "data", {0: 4, 1: 4}, ["cat", "dog", "emu"])
+    code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "2", "--out", str(tmp_path / "r"))
+    assert code == 2 and "class 'emu' (label 2) has no images" in err
+
+
+def test_ipc_larger_than_a_class_names_the_class_and_the_fix(monkeypatch, capsys, tmp_path):
+    data = write_shards(tmp_path / "data", {0: 6, 1: 3}, ["cat", "dog"])
+    code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "4", "--out", str(tmp_path / "r"))
+    assert code == 2 and "class 'dog' (label 1) has 3 images but --ipc is 4; lower --ipc to at most 3" in err
+
+
+def test_unreadable_weights_file(monkeypatch, capsys, tmp_path):
+    weights = tmp_path / "teacher.safetensors"
+    weights.write_bytes(b"\x00garbage")
+    code, err = run_cli(monkeypatch, capsys, "run", "--teacher", f"cifar-resnet20:{weights}", "--out", str(tmp_path / "r"))
+    assert code == 2 and str(weights) in err
+
+
+def test_stage_without_its_inputs(monkeypatch, capsys, tmp_path, ray_local):
+    code, err = run_cli(monkeypatch, capsys, "quantize", "--out", str(tmp_path / "r"))
+    assert code == 2 and "needs stage 'encode'" in err and "raydistill encode" in err
+
+
+def test_corrupt_image_is_counted_and_skipped(ray_local, monkeypatch, capsys, tmp_path):
+    data = write_shards(tmp_path / "data", {0: 6, 1: 6}, ["cat", "dog"], corrupt=1)
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["raydistill", "encode", "--data", str(data), "--ipc", "2", "--out", str(out)])
+    main()
+    marker = json.loads((out / "latents" / "_SUCCESS.json").read_text())
+    assert marker["rows"] == 11 and marker["skipped_images"] == 1
+    assert marker["class_counts"] == {"0": 5, "1": 6}
+
+
+def test_installed_command_prints_no_traceback(tmp_path):
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "raydistill"), "run", "--ipc", "-3", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --ipc must be a positive number of images per class, got -3"
