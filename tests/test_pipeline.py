@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from raydistill.cli import cli
+from raydistill.imaging import png_decode
 
 FAST = ["--set", "train.epochs=40", "--set", "train.checkpoint_every=20", "--set", "quantize.iterations=20"]
 
@@ -88,3 +89,24 @@ def test_export_writes_an_image_folder(digits_run, tmp_path):
     assert len(pngs) == 50 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
     lines = (tmp_path / "export" / "weights.csv").read_text().splitlines()
     assert lines[0] == "path,label,weight" and len(lines) == 51
+
+
+def test_decoder_path_with_a_latent_prior_and_explicit_val_data(ray_local, tmp_path):
+    """kmeans (D4M) centroids decoded by a real autoencoder's decoder, no baseline, --val-data given."""
+    out = tmp_path / "decoded"
+    invoke(
+        "run", "--ipc", "3", "--method", "kmeans", "--prior", "tiny", "--decode", "decoder", "--val-data", "digits",
+        "--out", str(out), "--set", "evaluate.baseline=false", "--set", "train.epochs=2",
+        "--set", "train.checkpoint_every=1", "--set", "quantize.iterations=5",
+    )
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["method"] == "kmeans" and "baseline" not in report
+    assert report["stages"]["evaluate"]["rows"] == 359
+    encode = json.loads((out / "latents" / "_SUCCESS.json").read_text())
+    assert encode["latent_shape"] == [4, 16, 16]  # the tiny AutoencoderKL at 32 px
+    table = pq.read_table(out / "distilled")
+    assert table.num_rows == 30 and not (out / "baseline").exists()
+    np.testing.assert_allclose(table.column("weight").to_numpy(), 1 / 3)
+    images = [png_decode(data) for data in table.column("image").to_pylist()]
+    assert all(image.shape == (32, 32, 3) for image in images)
+    assert len({image.tobytes() for image in images}) == 30  # decoded centroids, not copies of one image
