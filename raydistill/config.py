@@ -111,6 +111,9 @@ class TrainConfig:
         teacher: soft-label teacher spec ("cifar-resnet56:FILE", "TIMM_NAME[:FILE]"); None trains on hard labels.
         temperature: softmax temperature of the teacher's soft labels.
         min_crop_scale: lower bound of RandomResizedCrop's area scale.
+        mix: batch mixing: "cutmix" (the RDED/D3HR protocol), "mixup" or "none"; a mixed sample's weight and
+            hard-label loss combine the two images' by the same lambda.
+        mix_alpha: lambda ~ Beta(mix_alpha, mix_alpha).
         weight_transform: how prototype weights are tempered for training: "none", "uniform", "power:a", "mix:b".
         workers: Ray Train workers per student.
         checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
@@ -124,10 +127,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     temperature: float = 20.0
     min_crop_scale: float = 0.08
+    mix: str = "cutmix"
+    mix_alpha: float = 1.0
     weight_transform: str = "none"
     workers: int = resource(1)
     use_gpu: bool | None = resource(None)
-    checkpoint_every: int = resource(10)
+    checkpoint_every: int = resource(1)
 
 
 @dataclass(frozen=True)

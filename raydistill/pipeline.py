@@ -20,6 +20,7 @@ from raydistill.quantize import QUANTIZERS
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.quantize import check_class_sizes
+from raydistill.train.augment import MIXES
 from raydistill.train.losses import parse_weight_transform
 from raydistill.train.models import create_student, load_teacher
 
@@ -76,6 +77,10 @@ def validate(config: RunConfig) -> None:
         if value <= 0:
             raise UserError(f"train.{name} must be positive, got {value}")
     parse_weight_transform(config.train.weight_transform)
+    if config.train.mix not in MIXES:
+        raise UserError(f"train.mix {config.train.mix!r} is not valid; use one of {', '.join(MIXES)}")
+    if config.train.mix_alpha <= 0:
+        raise UserError(f"train.mix_alpha must be positive, got {config.train.mix_alpha}")
 
 
 def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | None:

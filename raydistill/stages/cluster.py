@@ -23,6 +23,9 @@ def connect(config: RayConfig) -> None:
     if config.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=config.address, log_to_driver=True)
     else:
+        # Train V2's controller takes one report per poll (2 s by default); with a checkpoint every epoch on a small
+        # distilled set that poll, not training, would set the pace. Only a Ray started here inherits this.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         ray.init(
             num_cpus=config.num_cpus,
             object_store_memory=config.object_store_mb * 2**20,

@@ -39,14 +39,17 @@ def markdown(report: dict) -> str:
         f"dataset `{report['dataset']}`, prior `{report['prior']}`, {report['num_classes']} classes, "
         f"{report['train_images']} training images",
         "",
-        "| set | student | top-1 | top-5 |",
-        "|---|---|---|---|",
     ]
-    for label, results in (("distilled", report["students"]), ("random real (baseline)", report.get("baseline", {}))):
-        for student, scores in results.items():
-            lines.append(f"| {label} | {student} | {scores['top1']:.2f} | {scores.get('top5', float('nan')):.2f} |")
-    for student, gain in report.get("gain_over_baseline", {}).items():
-        lines.append(f"\nGain over the random real subset ({student}): {gain:+.2f} points top-1")
+    students = list(report["students"])
+    lines += ["| set | " + " | ".join(f"{s} top-1 / top-5" for s in students) + " |",
+              "|---|" + "---|" * len(students)]
+    for label, results in (("distilled", report["students"]), ("random real (baseline)", report.get("baseline"))):
+        if results:
+            cells = [f"{results[s]['top1']:.2f} / {results[s]['top5']:.2f}" for s in students]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "gain_over_baseline" in report:
+        gains = ", ".join(f"{s} {g:+.2f}" for s, g in report["gain_over_baseline"].items())
+        lines += ["", f"Gain over the random real subset of the same size (top-1 points): {gains}"]
     q = report["quantization"]
     lines += [
         "",

@@ -49,7 +49,7 @@ def train_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), weights_only=False))
     epochs, every = config["settings"].epochs, config["checkpoint_every"]
-    losses = []
+    start_epoch, losses = trainer.epoch, []
     while trainer.epoch < epochs:
         metrics = trainer.train_epoch()
         losses.append(round(metrics["loss"], 5))
@@ -60,7 +60,7 @@ def train_worker(config: dict) -> None:
             if rank == 0:
                 torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
             checkpoint = Checkpoint.from_directory(folder) if rank == 0 else None
-            ray.train.report({**metrics, "losses": losses}, checkpoint=checkpoint)
+            ray.train.report({**metrics, "losses": losses, "start_epoch": start_epoch}, checkpoint=checkpoint)
         losses = []
 
 
@@ -72,7 +72,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     settings = TrainSettings(
         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
         weight_decay=cfg.train.weight_decay, temperature=cfg.train.temperature,
-        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed,
+        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed, mix=cfg.train.mix, mix_alpha=cfg.train.mix_alpha,
     )
     run_name = f"{variant.prefix or 'method'}-{student}"
     trainer = TorchTrainer(
@@ -103,7 +103,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         save_file({k: v.contiguous() for k, v in state["model"].items()}, path)
         ctx.rundir.write_bytes(open(path, "rb").read(), out, "model.safetensors")
     metrics = {
-        "student": student, "epochs": state["epoch"], "final_loss": result.metrics.get("loss"),
+        "student": student, "epochs": state["epoch"], "final_loss": result.metrics["loss"],
+        "resumed_from_epoch": result.metrics["start_epoch"],
         "seconds": round(time.perf_counter() - start, 2), "images": len(ctx.class_names) * cfg.quantize.ipc,
         "num_classes": len(ctx.class_names), "image_size": cfg.data.image_size,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -40,3 +41,40 @@ def augment(images: torch.Tensor, size: int, min_scale: float, generator: torch.
         out[i] = crop
     return out
 
+
+
+
+MIXES = ("cutmix", "mixup", "none")
+
+
+def mix_batch(images: torch.Tensor, mode: str, alpha: float,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix or Mixup of a batch with a permutation of itself.
+
+    CutMix (Yun et al. 2019): paste a box of area about (1 - lambda) from the partner image; lambda is then the
+    share of the image left after the box was clipped to the image. Mixup (Zhang et al. 2018): lambda * own image
+    + (1 - lambda) * partner.
+
+    Args:
+        images: (N, 3, H, W) float.
+        mode: one of MIXES.
+        alpha: lambda ~ Beta(alpha, alpha).
+        rng: the seeded source of randomness.
+
+    Returns:
+        The mixed images, each image's partner index, and lambda (the share of each image's own content).
+    """
+    n, _, height, width = images.shape
+    if mode == "none" or n < 2:
+        return images, torch.arange(n, device=images.device), 1.0
+    lam = float(rng.beta(alpha, alpha))
+    partner = torch.from_numpy(rng.permutation(n)).to(images.device)
+    if mode == "mixup":
+        return lam * images + (1 - lam) * images[partner], partner, lam
+    cut_h, cut_w = int(height * (1 - lam) ** 0.5), int(width * (1 - lam) ** 0.5)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    mixed = images.clone()
+    mixed[:, :, top:bottom, left:right] = images[partner][:, :, top:bottom, left:right]
+    return mixed, partner, 1.0 - (bottom - top) * (right - left) / (height * width)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from raydistill.imaging import png_decode
-from raydistill.train.augment import augment
-from raydistill.train.losses import per_sample_loss, weighted_mean
+from raydistill.train.augment import augment, mix_batch
+from raydistill.train.losses import mixed_weighted_loss
 
 
 @dataclass
@@ -45,6 +45,8 @@ class TrainSettings:
     temperature: float
     min_crop_scale: float
     seed: int
+    mix: str = "cutmix"
+    mix_alpha: float = 1.0
 
 
 def batches_for_epoch(n: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[np.ndarray]:
@@ -81,6 +83,7 @@ class StudentTrainer:
         """Runs the next epoch and returns its mean loss and learning rate."""
         s = self.settings
         generator = torch.Generator().manual_seed(s.seed * 100_003 + self.epoch * 7 + self.rank)
+        mix_rng = np.random.default_rng([s.seed, self.epoch, self.rank])
         self.model.train()
         losses = []
         for rows in batches_for_epoch(len(self.data.labels), s.batch_size, self.epoch, s.seed, self.rank, self.world):
@@ -88,11 +91,14 @@ class StudentTrainer:
             images = images.to(self.device)
             labels = torch.from_numpy(self.data.labels[rows]).to(self.device)
             weights = torch.from_numpy(self.data.weights[rows]).float().to(self.device)
+            images, partner, lam = mix_batch(images, s.mix, s.mix_alpha, mix_rng)
             teacher_logits = None
             if self.teacher is not None:
+                # Soft labels come online from the teacher's view of the very (mixed) images the student sees.
                 with torch.no_grad():
                     teacher_logits = self.teacher(images)
-            loss = weighted_mean(per_sample_loss(self.model(images), labels, teacher_logits, s.temperature), weights)
+            loss = mixed_weighted_loss(self.model(images), labels, weights, partner, lam, teacher_logits,
+                                       s.temperature)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -75,3 +75,18 @@ def weighted_mean(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(total)
         world = dist.get_world_size()
     return (weights * losses).sum() * world / total
+
+
+def mixed_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, partner: torch.Tensor,
+                        lam: float, teacher_logits: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """The weighted mean loss of a CutMix/Mixup batch, where sample i holds lam of image i and 1 - lam of partner[i].
+
+    Its weight is lam * w_i + (1 - lam) * w_partner[i]; on hard labels its loss is lam * l(y_i) + (1 - lam) *
+    l(y_partner[i]); with a teacher, the teacher already saw the mixed image, so its soft label needs no mixing.
+    """
+    if teacher_logits is None:
+        losses = (lam * per_sample_loss(logits, labels, None, temperature)
+                  + (1 - lam) * per_sample_loss(logits, labels[partner], None, temperature))
+    else:
+        losses = per_sample_loss(logits, labels, teacher_logits, temperature)
+    return weighted_mean(losses, lam * weights + (1 - lam) * weights[partner])

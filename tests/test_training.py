@@ -1,0 +1,95 @@
+"""Issue 5: mixing with weights, the weighted loss across worker counts, and resuming a killed training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raydistill.train.augment import mix_batch
+from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
+
+from ddp_rank import batch_and_model  # tests/ is on sys.path under pytest's default import mode
+
+
+def constant_images(n=8, size=16):
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).clone()
+
+
+def test_cutmix_lambda_is_the_share_of_own_pixels():
+    images = constant_images()
+    for seed in range(5):
+        mixed, partner, lam = mix_batch(images, "cutmix", 1.0, np.random.default_rng(seed))
+        for i in range(8):
+            own = (mixed[i] == i).float().mean().item()
+            if partner[i] != i:
+                assert own == pytest.approx(lam)
+            assert set(mixed[i].unique().tolist()) <= {float(i), float(partner[i])}
+
+
+def test_mixup_is_a_convex_combination_and_none_is_identity():
+    images = constant_images()
+    mixed, partner, lam = mix_batch(images, "mixup", 0.4, np.random.default_rng(0))
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[partner])
+    same, partner, lam = mix_batch(images, "none", 1.0, np.random.default_rng(0))
+    assert same is images and lam == 1.0 and partner.tolist() == list(range(8))
+
+
+def test_mixed_samples_combine_weights_and_hard_labels_by_lambda():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    weights = torch.tensor([0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    partner, lam = torch.tensor([1, 0, 3, 2, 5, 4]), 0.7
+    mixed_w = lam * weights + (1 - lam) * weights[partner]
+    ce = torch.nn.functional.cross_entropy
+    expected_losses = lam * ce(logits, labels, reduction="none") + (1 - lam) * ce(logits, labels[partner], reduction="none")
+    expected = (mixed_w * expected_losses).sum() / mixed_w.sum()
+    got = mixed_weighted_loss(logits, labels, weights, partner, lam, None, 20.0)
+    assert got.item() == pytest.approx(expected.item())
+    teacher = torch.randn(6, 4)
+    soft = mixed_weighted_loss(logits, labels, weights, partner, lam, teacher, 4.0)
+    assert soft.item() == pytest.approx(weighted_mean(per_sample_loss(logits, labels, teacher, 4.0), mixed_w).item())
+    unmixed = mixed_weighted_loss(logits, labels, weights, torch.arange(6), 1.0, None, 1.0)
+    assert unmixed.item() == pytest.approx(weighted_mean(per_sample_loss(logits, labels, None, 1.0), weights).item())
+
+
+def test_two_workers_give_the_gradient_of_one(tmp_path):
+    x, y, w, model = batch_and_model()
+    weighted_mean(per_sample_loss(model(x), y, None, 1.0), w).backward()
+    single = [p.grad for p in model.parameters()]
+    out = tmp_path / "grads.pt"
+    script = Path(__file__).with_name("ddp_rank.py")
+    ranks = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(tmp_path / "init"), str(out)])
+             for r in range(2)]
+    assert [rank.wait(timeout=120) for rank in ranks] == [0, 0]
+    for a, b in zip(single, torch.load(out)):
+        torch.testing.assert_close(a, b)
+    # The naive mean of per-worker weighted means differs: the weights are not split evenly between the workers.
+    naive = 0.5 * sum(weighted_mean(per_sample_loss(model(x[r::2]), y[r::2], None, 1.0), w[r::2]) for r in range(2))
+    assert abs(naive.item() - weighted_mean(per_sample_loss(model(x), y, None, 1.0), w).item()) > 1e-3
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    """Kill the whole `raydistill run` after the first epoch checkpoint; the rerun resumes, epochs continuing."""
+    out = tmp_path / "run"
+    command = [str(Path(sys.executable).parent / "raydistill"), "run", "--ipc", "2", "--out", str(out),
+               "--set", "evaluate.baseline=false", "--set", "train.epochs=30", "--set", "quantize.iterations=5"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(out.glob("train_state/*/method-convnet3/checkpoint_*")):
+        assert process.poll() is None and time.time() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "students" / "_SUCCESS.json").exists()
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    metrics = json.loads((out / "students" / "convnet3" / "metrics.json").read_text())
+    assert metrics["epochs"] == 30
+    assert 1 <= metrics["resumed_from_epoch"] < 30
