@@ -127,10 +127,27 @@ def export(run_dir: str, dest: str) -> None:
     click.echo(f"wrote {written} images to {dest}")
 
 
+@cli.command()
+@click.argument("run_dir")
+def verify(run_dir: str) -> None:
+    """Check every finished stage's files in RUN_DIR against the sizes and checksums in its _SUCCESS.json."""
+    from raydistill.pipeline import verify as verify_run
+
+    results = verify_run(run_dir)
+    for stage, problems in results.items():
+        click.echo(f"{stage}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for problem in problems:
+            click.echo(f"  {problem}")
+    if any(results.values()):
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, without a traceback."""
     try:
-        cli(standalone_mode=False)
+        code = cli(standalone_mode=False)  # a command's Exit(code) comes back here as its return value
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         sys.exit(1)
     except click.ClickException as e:

@@ -37,6 +37,8 @@ class DataConfig:
         format: "auto" or a reader name (parquet, webdataset, imagefolder, digits).
         image_size: side of the square images the students see (short side resized, centre crop).
         max_per_class: keep at most this many training images per class (a seeded, order-independent choice).
+        subset_seed: the seed of that choice, apart from the run's seed, so runs with different seeds can share
+            one encoded subset.
     """
 
     train: str = "digits"
@@ -44,6 +46,7 @@ class DataConfig:
     format: str = "auto"
     image_size: int = 32
     max_per_class: int | None = None
+    subset_seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -29,19 +29,28 @@ log = logging.getLogger("raydistill")
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage: the folder its marker lives in and the config sections its result depends on."""
+    """A pipeline stage: the folder its marker lives in and the config sections its result depends on.
+
+    A `per_variant` stage also writes the same folder under each variant's prefix (baseline/prototypes, ...).
+    """
 
     name: str
     folder: str
     sections: Callable[[RunConfig], tuple]
+    per_variant: bool = False
+
+    def outputs(self, ctx: Context) -> list[str]:
+        if not self.per_variant:
+            return [self.folder]
+        return [variant.folder(self.folder) for variant in ctx.variants]
 
 
 STAGES = (
-    Stage("encode", "latents", lambda c: (c.seed, c.data.train, c.data.format, c.data.image_size,
-                                          c.data.max_per_class, c.prior)),
-    Stage("quantize", "prototypes", lambda c: (c.quantize, c.evaluate.baseline)),
-    Stage("synthesize", "distilled", lambda c: (c.synthesize,)),
-    Stage("train", "students", lambda c: (c.train,)),
+    Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.image_size, c.data.max_per_class,
+                                          c.data.subset_seed, c.prior)),
+    Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
+    Stage("synthesize", "distilled", lambda c: (c.synthesize,), per_variant=True),
+    Stage("train", "students", lambda c: (c.train,), per_variant=True),
     Stage("evaluate", "evaluation", lambda c: (c.data.val,)),
     Stage("report", "report", lambda c: ()),
 )
@@ -111,7 +120,9 @@ def prepare(config: RunConfig) -> Context:
     if config.data.max_per_class is None:
         keep_ids, counts = None, class_counts(train_source.iter_index())
     else:
-        keep_ids, counts = select_per_class(train_source.iter_index(), config.data.max_per_class, config.seed)
+        keep_ids, counts = select_per_class(
+            train_source.iter_index(), config.data.max_per_class, config.data.subset_seed
+        )
     class_names = train_source.class_names
     check_class_sizes(counts, class_names, config.quantize.ipc)
     if config.train.teacher:
@@ -132,8 +143,11 @@ def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: b
 
     marker = ctx.rundir.marker(stage.folder)
     if marker and marker["fingerprint"] == fingerprints[stage.name] and not force:
-        log.info("%s: done before (fingerprint %s), skipped", stage.name, marker["fingerprint"])
-        return marker
+        damaged = ctx.rundir.check(marker.get("files", {}), checksums=False)
+        if not damaged:
+            log.info("%s: done before (fingerprint %s), skipped", stage.name, marker["fingerprint"])
+            return marker
+        log.warning("%s: outputs changed since it finished (%s); redoing it", stage.name, "; ".join(damaged[:3]))
     for earlier in STAGES[: STAGES.index(stage)]:
         done = ctx.rundir.marker(earlier.folder)
         if not done or done["fingerprint"] != fingerprints[earlier.name]:
@@ -151,7 +165,30 @@ def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: b
         output = runners[stage.name](ctx)
     seconds = time.perf_counter() - start
     log.info("%s: %d rows in %.1f s", stage.name, output.rows, seconds)
-    return ctx.rundir.write_marker(stage.folder, fingerprints[stage.name], output.rows, seconds, **output.extra)
+    files = ctx.rundir.manifest(stage.outputs(ctx))
+    return ctx.rundir.write_marker(stage.folder, fingerprints[stage.name], output.rows, seconds, files=files,
+                                   **output.extra)
+
+
+def verify(run_uri: str) -> dict[str, list[str]]:
+    """Checks every finished stage's files against its marker (sizes and checksums).
+
+    Returns:
+        Stage name -> problems, for the stages that have a marker; an empty list means intact.
+
+    Raises:
+        UserError: the folder holds no finished stage.
+    """
+    rundir = RunDir(run_uri)
+    found = {}
+    for stage in STAGES:
+        marker = rundir.marker(stage.folder)
+        if marker is not None:
+            found[stage.name] = (rundir.check(marker["files"]) if "files" in marker
+                                 else ["its marker lists no files (written before raydistill recorded them)"])
+    if not found:
+        raise UserError(f"{run_uri} holds no finished stage; pass the --out folder of a raydistill run")
+    return found
 
 
 def run(config: RunConfig, only: str | None = None) -> dict:

@@ -6,6 +6,7 @@ redone from scratch (its folder is cleared first). Single files go to a temporar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -95,7 +96,40 @@ class RunDir:
         """The `_SUCCESS.json` of a stage folder, or None if the stage has not finished."""
         return self.read_json(stage_dir, MARKER)
 
+    def checksum(self, path: str) -> str:
+        """blake2b of a file, read in 8 MiB chunks so large files never sit in memory."""
+        digest = hashlib.blake2b(digest_size=16)
+        with self.fs.open_input_stream(path) as stream:
+            while chunk := stream.read(8 * 2**20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def manifest(self, folders: list[str]) -> dict[str, dict[str, Any]]:
+        """Every file under the folders (markers and temporary files aside): path in the run -> size, checksum."""
+        found = {}
+        for folder in folders:
+            selector = pafs.FileSelector(self.path(folder), recursive=True, allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and info.base_name != MARKER and ".tmp-" not in info.base_name:
+                    relative = info.path[len(self.root.rstrip("/")) + 1:]
+                    found[relative] = {"size": info.size, "blake2b": self.checksum(info.path)}
+        return dict(sorted(found.items()))
+
+    def check(self, files: dict[str, dict[str, Any]], checksums: bool = True) -> list[str]:
+        """What differs from a manifest: missing files, other sizes and (with `checksums`) other contents."""
+        problems = []
+        for relative, expected in files.items():
+            info = self.fs.get_file_info(self.path(relative))
+            if info.type == pafs.FileType.NotFound:
+                problems.append(f"{relative}: missing")
+            elif info.size != expected["size"]:
+                problems.append(f"{relative}: {info.size} bytes, expected {expected['size']}")
+            elif checksums and self.checksum(info.path) != expected["blake2b"]:
+                problems.append(f"{relative}: contents changed (checksum differs)")
+        return problems
+
     def write_marker(self, stage_dir: str, fingerprint: str, rows: int, seconds: float, **extra: Any) -> dict:
+        """Writes a stage's `_SUCCESS.json` last, after its data; `extra` may carry its `files` manifest."""
         marker = {
             "fingerprint": fingerprint,
             "rows": rows,

@@ -71,6 +71,28 @@ def test_rerun_skips_finished_stages(digits_run):
     assert before == after
 
 
+def test_verify_catches_a_damaged_file_and_a_rerun_repairs_it(digits_run):
+    out, _ = digits_run
+    marker = json.loads((out / "latents" / "_SUCCESS.json").read_text())
+    assert marker["files"] and all(f.startswith("latents/label=") for f in marker["files"])
+    assert set(json.loads((out / "students" / "_SUCCESS.json").read_text())["files"]) == {
+        "students/convnet3/metrics.json", "students/convnet3/model.safetensors",
+        "baseline/students/convnet3/metrics.json", "baseline/students/convnet3/model.safetensors",
+    }
+    assert "report: ok" in invoke("verify", str(out)).output
+    damaged = out / "report" / "report.md"
+    size = damaged.stat().st_size
+    damaged.write_bytes(damaged.read_bytes()[: size // 2])
+    result = CliRunner().invoke(cli, ["verify", str(out)])
+    assert result.exit_code == 1
+    assert f"report/report.md: {size // 2} bytes, expected {size}" in result.output and "encode: ok" in result.output
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("_SUCCESS.json") if p.parent.name != "report"}
+    invoke("run", "--ipc", "5", "--out", str(out), *FAST)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # only the damaged stage was redone
+    assert damaged.stat().st_size == size
+    assert "problem" not in invoke("verify", str(out)).output
+
+
 def test_changed_training_redoes_only_train_and_later(digits_run, tmp_path):
     out, _ = digits_run
     markers = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}

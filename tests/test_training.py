@@ -1,5 +1,6 @@
 """Issue 5: mixing with weights, the weighted loss across worker counts, and resuming a killed training."""
 
+import io
 import json
 import os
 import signal
@@ -93,3 +94,33 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     metrics = json.loads((out / "students" / "convnet3" / "metrics.json").read_text())
     assert metrics["epochs"] == 30
     assert 1 <= metrics["resumed_from_epoch"] < 30
+    assert len(list(out.glob("train_state/*/method-convnet3/checkpoint_*"))) == 2  # the last two are kept
+
+
+def tiny_trainer(epochs=6, mix="cutmix"):
+    from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
+    from raydistill.train.models import create_student
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 10)
+    images = np.where(labels[:, None, None, None] == 0, 40, 210) + rng.integers(0, 40, (20, 16, 16, 3))
+    data = DistilledSet(images.astype(np.uint8), labels, np.full(20, 0.1))
+    settings = TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, weight_decay=0.01, temperature=20.0,
+                             min_crop_scale=0.5, seed=0, mix=mix, mix_alpha=1.0)
+    torch.manual_seed(0)
+    return StudentTrainer(create_student("convnet3", 2, 16), data, settings)
+
+
+def test_student_trainer_learns_and_resumes_exactly():
+    trainer = tiny_trainer(mix="none")
+    losses = [trainer.train_epoch()["loss"] for _ in range(3)]
+    assert losses[-1] < losses[0]
+    resumed = tiny_trainer(mix="none")
+    saved = io.BytesIO()  # through bytes, as the checkpoint does: a state dict shares the live tensors
+    torch.save(trainer.state_dict(), saved)
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved, weights_only=False))
+    assert resumed.epoch == 3
+    assert resumed.train_epoch()["loss"] == pytest.approx(trainer.train_epoch()["loss"], rel=1e-6)
+    cutmix = tiny_trainer()
+    assert np.isfinite([cutmix.train_epoch()["loss"] for _ in range(2)]).all()

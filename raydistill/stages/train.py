@@ -15,7 +15,7 @@ import time
 import pyarrow.parquet as pq
 import ray.train
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 
@@ -53,7 +53,8 @@ def train_worker(config: dict) -> None:
     while trainer.epoch < epochs:
         metrics = trainer.train_epoch()
         losses.append(round(metrics["loss"], 5))
-        # Report only with checkpoints: Train V2's controller takes one report per poll (about 2 s).
+        # Metrics go out with checkpoints only (each report waits for a controller poll); the epochs in between
+        # travel along in `losses`.
         if trainer.epoch % every and trainer.epoch != epochs:
             continue
         with tempfile.TemporaryDirectory() as folder:
@@ -91,6 +92,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             storage_path=ctx.rundir.path("train_state", fingerprint),
             storage_filesystem=ctx.rundir.fs,
             failure_config=FailureConfig(max_failures=3),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),  # one per epoch would otherwise pile up
         ),
     )
     start = time.perf_counter()

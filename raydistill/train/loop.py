@@ -76,7 +76,8 @@ class StudentTrainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=settings.epochs * self.steps_per_epoch
         )
-        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
+        # The distilled set is small: it lives on the device, and augmentation runs there.
+        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device)
         self.epoch = 0
 
     def train_epoch(self) -> dict[str, float]:
@@ -88,17 +89,17 @@ class StudentTrainer:
         losses = []
         for rows in batches_for_epoch(len(self.data.labels), s.batch_size, self.epoch, s.seed, self.rank, self.world):
             images = augment(self.images[rows].float() / 255.0, self.images.shape[-1], s.min_crop_scale, generator)
-            images = images.to(self.device)
             labels = torch.from_numpy(self.data.labels[rows]).to(self.device)
             weights = torch.from_numpy(self.data.weights[rows]).float().to(self.device)
             images, partner, lam = mix_batch(images, s.mix, s.mix_alpha, mix_rng)
-            teacher_logits = None
-            if self.teacher is not None:
-                # Soft labels come online from the teacher's view of the very (mixed) images the student sees.
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images)
-            loss = mixed_weighted_loss(self.model(images), labels, weights, partner, lam, teacher_logits,
-                                       s.temperature)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                teacher_logits = None
+                if self.teacher is not None:
+                    # Soft labels come online from the teacher's view of the very (mixed) images the student sees.
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(images)
+                logits = self.model(images)
+            loss = mixed_weighted_loss(logits, labels, weights, partner, lam, teacher_logits, s.temperature)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -1,0 +1,101 @@
+"""Students on distilled CIFAR-10: ddoq vs kmeans (D4M) vs random, over seeds, IPCs and weight transforms.
+
+python -m benchmarks.students_cifar10 [--quick] [--epochs N] [--ipc 10 50] [--seeds 0 1 2]
+
+Every run shares one run directory, so the 5,000-image encode happens once and each (method, seed, transform) redoes
+quantize onwards. Finished runs are appended to results.jsonl there, so an interrupted benchmark resumes where it
+stopped. Prints a table (mean and spread over seeds) and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+STUDENTS = ("convnet3", "cifar-resnet20")
+
+
+def grid(ipcs: list[int], seeds: list[int], transforms: list[str]) -> list[dict]:
+    runs = []
+    for ipc in ipcs:
+        for seed in seeds:
+            for method in ("ddoq", "kmeans", "random"):
+                runs.append({"ipc": ipc, "seed": seed, "method": method, "transform": "none"})
+            for transform in transforms:
+                runs.append({"ipc": ipc, "seed": seed, "method": "ddoq", "transform": transform})
+    return runs
+
+
+def key(run: dict) -> str:
+    return f"{run['method']}|{run['transform']}|ipc{run['ipc']}|seed{run['seed']}"
+
+
+def run_one(out: Path, run: dict, epochs: int) -> dict:
+    command = [
+        str(Path(sys.executable).parent / "raydistill"), "run",
+        "--data", str(SHARED / "data/cifar10"),
+        "--val-data", str(SHARED / "data/cifar10/test-00000-of-00002.parquet"),
+        "--prior", f"taef2:{SHARED / 'weights/taef2'}",
+        "--teacher", f"cifar-resnet56:{SHARED / 'weights/cifar10-resnet/resnet56.safetensors'}",
+        *[arg for student in STUDENTS for arg in ("--student", student)],
+        "--ipc", str(run["ipc"]), "--max-per-class", "500", "--method", run["method"], "--seed", str(run["seed"]),
+        "--out", str(out), "--set", "evaluate.baseline=false", "--set", f"train.epochs={epochs}",
+        "--set", f"train.weight_transform={run['transform']}",
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    report = json.loads((out / "report" / "report.json").read_text())
+    return {**run, "epochs": epochs, "top1": {s: report["students"][s]["top1"] for s in STUDENTS},
+            "w2_reduction": report["quantization"]["w2_reduction"]}
+
+
+def summarise(results: list[dict]) -> dict:
+    table: dict[str, dict] = {}
+    for row in results:
+        name = row["method"] if row["transform"] == "none" else f"ddoq {row['transform']}"
+        for student, top1 in row["top1"].items():
+            table.setdefault(f"{name}|ipc{row['ipc']}|{student}", []).append(top1)
+    return {k: {"mean": round(statistics.mean(v), 2), "std": round(statistics.pstdev(v), 2), "n": len(v)}
+            for k, v in table.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="IPC 10, one seed, 20 epochs, no transforms")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--transforms", nargs="*", default=["power:0.5", "mix:0.5"])
+    parser.add_argument("--out", default=str(ROOT / "runs/bench-students"))
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.ipc, args.seeds, args.transforms = 20, [10], [0], []
+        args.out += "-quick"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "results.jsonl"
+    done = {key(r): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    results = []
+    for run in grid(args.ipc, args.seeds, args.transforms):
+        result = done.get(key(run))
+        if result is None or result["epochs"] != args.epochs:
+            result = run_one(out, run, args.epochs)
+            with open(log, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+        results.append(result)
+        print(f"{key(run)}: " + ", ".join(f"{s} {v:.2f}" for s, v in result["top1"].items()), flush=True)
+    summary = summarise(results)
+    print(f"\n{'set|ipc|student':45s} top-1 mean ± std over seeds")
+    for name, stats in sorted(summary.items()):
+        print(f"{name:45s} {stats['mean']:6.2f} ± {stats['std']:.2f} (n={stats['n']})")
+    w2 = statistics.mean(r["w2_reduction"] for r in results if r["method"] == "ddoq")
+    print(json.dumps({"top1": summary, "w2_reduction": round(w2, 4), "epochs": args.epochs}))
+
+
+if __name__ == "__main__":
+    main()
