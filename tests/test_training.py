@@ -84,7 +84,10 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
                "--set", "evaluate.baseline=false", "--set", "train.epochs=30", "--set", "quantize.iterations=5"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not list(out.glob("train_state/*/method-convnet3/checkpoint_*")):
+    def checkpoints():
+        return [p for p in out.glob("train_state/*/method-convnet3/checkpoint_*") if p.is_dir()]
+
+    while not checkpoints():
         assert process.poll() is None and time.time() < deadline, "training never wrote a checkpoint"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
@@ -94,7 +97,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     metrics = json.loads((out / "students" / "convnet3" / "metrics.json").read_text())
     assert metrics["epochs"] == 30
     assert 1 <= metrics["resumed_from_epoch"] < 30
-    assert len(list(out.glob("train_state/*/method-convnet3/checkpoint_*"))) == 2  # the last two are kept
+    assert len(checkpoints()) == 2  # only the last two are kept
 
 
 def tiny_trainer(epochs=6, mix="cutmix"):

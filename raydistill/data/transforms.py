@@ -13,6 +13,8 @@ import numpy as np
 import ray
 from PIL import Image
 
+from raydistill.metrics import count
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,12 +56,13 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: str = "") -> dict[str, np.ndarray]:
     """Decodes a Ray numpy batch of encoded images; undecodable images are logged with their id and dropped.
 
     Args:
         batch: Columns `id` (str), `label` (int) and `image` (encoded bytes objects).
         size: Side of the output images, in pixels.
+        stage, run: tags of the decoded/skipped counters on the Ray dashboard.
 
     Returns:
         Columns `id`, `label` (int32) and `image` (uint8, shape (N, size, size, 3)) for the images that decoded.
@@ -74,6 +77,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
             logger.warning("dropping image %s: %s", image_id, e)
             continue
         keep[i] = True
+    count("raydistill_images_decoded", int(keep.sum()), stage, run)
+    count("raydistill_images_skipped", int((~keep).sum()), stage, run)
     return {
         "id": batch["id"][keep],
         "label": np.asarray(batch["label"])[keep].astype(np.int32),
@@ -81,19 +86,20 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     }
 
 
-def decode_dataset(ds: ray.data.Dataset, size: int) -> ray.data.Dataset:
+def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = "") -> ray.data.Dataset:
     """Decodes and resizes every image of a Ray Dataset in CPU tasks.
 
     Args:
         ds: Rows `{id, label, image}` with encoded image bytes, as `ImageSource.dataset()` gives.
         size: Side of the output images, in pixels.
+        stage, run: tags of the decoded/skipped counters on the Ray dashboard.
 
     Returns:
         A lazy Dataset of rows `{id: str, label: int32, image: uint8 (size, size, 3)}` without the undecodable images.
     """
     return ds.map_batches(
         decode_batch,
-        fn_kwargs={"size": size},
+        fn_kwargs={"size": size, "stage": stage, "run": run},
         batch_format="numpy",
         batch_size=256,
         num_cpus=1,

@@ -13,6 +13,7 @@ from ray.data import ActorPoolStrategy
 
 from raydistill.data import decode_dataset
 from raydistill.imaging import to_tensor
+from raydistill.metrics import count
 from raydistill.priors import load_prior
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
@@ -35,8 +36,9 @@ def fixed_size_list(rows: np.ndarray) -> pa.FixedSizeListArray:
 class Encoder:
     """Ray Data actor: loads the prior once, then maps decoded image batches to flattened latents."""
 
-    def __init__(self, prior_spec: str, resolution: int, num_cpus: float):
+    def __init__(self, prior_spec: str, resolution: int, num_cpus: float, run: str):
         self.device, self.dtype = model_device(num_cpus)
+        self.run = run
         self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
         self.resolution = resolution
 
@@ -44,6 +46,7 @@ class Encoder:
         images = to_tensor(batch["image"], self.resolution).to(self.device)
         with torch.inference_mode():
             latents = self.prior.encode(images).float().cpu().numpy()
+        count("raydistill_images_encoded", len(latents), "encode", self.run)
         return pa.table({
             "id": pa.array(batch["id"].astype(str)),
             "label": pa.array(batch["label"].astype(np.int32)),
@@ -63,12 +66,14 @@ def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:
 
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
-    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size)
+    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.run_name)
     gpus = gpus_per_actor(cfg.encode.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.encode.actors)
     latents = images.map_batches(
         Encoder,
-        fn_constructor_kwargs={"prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus},
+        fn_constructor_kwargs={
+            "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus, "run": ctx.run_name,
+        },
         compute=ActorPoolStrategy(size=cfg.encode.actors),
         batch_size=cfg.encode.batch_size,
         batch_format="numpy",

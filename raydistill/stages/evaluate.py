@@ -14,6 +14,7 @@ from ray.data import ActorPoolStrategy
 from raydistill.data import decode_dataset
 from raydistill.errors import UserError
 from raydistill.imaging import to_tensor
+from raydistill.metrics import count
 from raydistill.rundir import RunDir
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
@@ -33,12 +34,14 @@ class Evaluator:
     def __init__(self, run_uri: str, folders: list[str], num_cpus: float):
         self.device, _ = model_device(num_cpus)
         rundir = RunDir(run_uri)
+        self.run = run_uri.rsplit("/", 1)[-1]
         self.students = [load_student(rundir, folder, self.device) for folder in folders]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = to_tensor(batch["image"]).to(self.device)
         labels = torch.from_numpy(batch["label"].astype(np.int64)).to(self.device)
         row = {"images": [len(labels)]}
+        count("raydistill_images_evaluated", len(labels), "evaluate", self.run)
         with torch.inference_mode():
             for i, student in enumerate(self.students):
                 logits = student(images).float()
@@ -55,7 +58,7 @@ def run(ctx: Context) -> StageOutput:
     folders = [variant.folder(f"students/{student}") for variant, student in keys]
     gpus = gpus_per_actor(None)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
-    counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size).map_batches(
+    counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.run_name).map_batches(
         Evaluator,
         fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "folders": folders, "num_cpus": cpus},
         compute=ActorPoolStrategy(size=cfg.evaluate.actors),

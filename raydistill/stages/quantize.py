@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import ray
 
 from raydistill.errors import UserError
+from raydistill.metrics import count
 from raydistill.quantize import QUANTIZERS, wasserstein2
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
@@ -63,7 +64,11 @@ def _quantize_classes(run_uri: str, folder: str, labels: list[int], **kwargs) ->
 
     faiss.omp_set_num_threads(1)  # one CPU per task; many tasks run side by side
     rundir = RunDir(run_uri)
-    return [quantize_class(rundir, folder, label, **kwargs) for label in labels]
+    stats = []
+    for label in labels:
+        stats.append(quantize_class(rundir, folder, label, **kwargs))
+        count("raydistill_classes_quantized", 1, "quantize", run_uri.rsplit("/", 1)[-1])
+    return stats
 
 
 def check_class_sizes(counts: dict[int, int], class_names: list[str], ipc: int) -> None:

@@ -20,6 +20,7 @@ from ray.data import ActorPoolStrategy
 from raydistill.data import decode_dataset
 from raydistill.errors import UserError
 from raydistill.imaging import png_bytes, to_uint8
+from raydistill.metrics import count
 from raydistill.priors import load_prior
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
@@ -28,7 +29,8 @@ from raydistill.stages.encode import model_device
 DECODERS = ("nearest", "decoder")
 
 
-def distilled_table(ids, labels, images: np.ndarray, weights, prototypes) -> pa.Table:
+def distilled_table(ids, labels, images: np.ndarray, weights, prototypes, run: str) -> pa.Table:
+    count("raydistill_prototypes_synthesized", len(ids), "synthesize", run)
     return pa.table({
         "id": pa.array([str(i) for i in ids]),
         "label": pa.array(np.asarray(labels, dtype=np.int32)),
@@ -41,8 +43,10 @@ def distilled_table(ids, labels, images: np.ndarray, weights, prototypes) -> pa.
 class Decoder:
     """Ray Data actor: the prior's decoder on flattened prototype latents, resized to the output size."""
 
-    def __init__(self, prior_spec: str, resolution: int, latent_shape: list[int], image_size: int, num_cpus: float):
+    def __init__(self, prior_spec: str, resolution: int, latent_shape: list[int], image_size: int, num_cpus: float,
+                 run: str):
         self.device, self.dtype = model_device(num_cpus)
+        self.run = run
         self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
         self.latent_shape, self.image_size = tuple(latent_shape), image_size
 
@@ -51,10 +55,12 @@ class Decoder:
         with torch.inference_mode():
             images = self.prior.decode(torch.from_numpy(points).to(self.device))
         ids = [f"{label}-{index}" for label, index in zip(batch["label"], batch["index"])]
-        return distilled_table(ids, batch["label"], to_uint8(images, self.image_size), batch["weight"], batch["index"])
+        return distilled_table(ids, batch["label"], to_uint8(images, self.image_size), batch["weight"], batch["index"],
+                               self.run)
 
 
-def attach_prototypes(batch: dict[str, np.ndarray], by_id: dict[str, list[tuple[int, int, float]]]) -> pa.Table:
+def attach_prototypes(batch: dict[str, np.ndarray], by_id: dict[str, list[tuple[int, int, float]]],
+                      run: str) -> pa.Table:
     """One output row per prototype that snapped to each real image (two prototypes may share one)."""
     ids, labels, images, weights, prototypes = [], [], [], [], []
     for image_id, image in zip(batch["id"], batch["image"]):
@@ -64,7 +70,7 @@ def attach_prototypes(batch: dict[str, np.ndarray], by_id: dict[str, list[tuple[
             images.append(image)
             weights.append(weight)
             prototypes.append(index)
-    return distilled_table(ids, labels, np.asarray(images), weights, prototypes)
+    return distilled_table(ids, labels, np.asarray(images), weights, prototypes, run)
 
 
 def read_prototypes(ctx: Context, folder: str, columns: list[str]) -> pa.Table:
@@ -87,7 +93,7 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
             Decoder,
             fn_constructor_kwargs={
                 "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
-                "image_size": cfg.data.image_size, "num_cpus": cpus,
+                "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.run_name,
             },
             compute=ActorPoolStrategy(size=cfg.synthesize.actors),
             batch_size=cfg.synthesize.batch_size,
@@ -100,8 +106,10 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
         by_id: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
         for row in table.to_pylist():
             by_id[row["nearest_id"]].append((row["label"], row["index"], row["weight"]))
-        real = decode_dataset(ctx.train_source.dataset(frozenset(by_id)), cfg.data.image_size)
-        images = real.map_batches(attach_prototypes, fn_kwargs={"by_id": dict(by_id)}, batch_format="numpy")
+        real = decode_dataset(ctx.train_source.dataset(frozenset(by_id)), cfg.data.image_size, "synthesize",
+                              ctx.run_name)
+        images = real.map_batches(attach_prototypes, fn_kwargs={"by_id": dict(by_id), "run": ctx.run_name},
+                                  batch_format="numpy")
     folder = ctx.rundir.reset(variant.folder("distilled"))
     images.write_parquet(folder, filesystem=ctx.rundir.fs)
     rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows

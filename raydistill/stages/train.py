@@ -19,6 +19,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 
+from raydistill.metrics import record
 from raydistill.rundir import RunDir
 from raydistill.stages.cluster import cluster_cpus, cluster_gpus
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
@@ -51,8 +52,15 @@ def train_worker(config: dict) -> None:
     epochs, every = config["settings"].epochs, config["checkpoint_every"]
     start_epoch, losses = trainer.epoch, []
     while trainer.epoch < epochs:
+        started = time.perf_counter()
         metrics = trainer.train_epoch()
         losses.append(round(metrics["loss"], 5))
+        if rank == 0:
+            tags = {"stage": "train", "run": config["run_name"]}
+            record("raydistill_train_epoch", trainer.epoch, **tags)
+            record("raydistill_train_loss", metrics["loss"], **tags)
+            record("raydistill_train_images_per_second",
+                   trainer.steps_per_epoch * config["settings"].batch_size / (time.perf_counter() - started), **tags)
         # Metrics go out with checkpoints only (each report waits for a controller poll); the epochs in between
         # travel along in `losses`.
         if trainer.epoch % every and trainer.epoch != epochs:
@@ -79,7 +87,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "run_uri": ctx.rundir.uri, "files": ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"),
+            "run_uri": ctx.rundir.uri, "run_name": ctx.run_name, "files": ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"),
             "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
             "settings": settings, "weight_transform": cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
