@@ -27,6 +27,7 @@ def connect(config: RayConfig) -> None:
         # distilled set that poll, not training, would set the pace. Only a Ray started here inherits this.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         ray.init(
+            address="local",  # a new Ray of our own, even where `ray start` left a cluster on this machine
             num_cpus=config.num_cpus,
             object_store_memory=config.object_store_mb * 2**20,
             log_to_driver=True,
