@@ -20,6 +20,7 @@ from raydistill.quantize import QUANTIZERS
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.quantize import check_class_sizes
+from raydistill.stages.synthesize import DECODERS
 from raydistill.train.augment import MIXES
 from raydistill.train.losses import parse_weight_transform
 from raydistill.train.models import create_student, load_teacher
@@ -71,8 +72,8 @@ def validate(config: RunConfig) -> None:
     if config.quantize.ipc <= 0:
         raise UserError(f"--ipc must be a positive number of images per class, got {config.quantize.ipc}")
     QUANTIZERS.get(config.quantize.method)
-    if config.synthesize.decode not in ("nearest", "decoder"):
-        raise UserError(f"synthesize.decode {config.synthesize.decode!r} is not valid; use nearest or decoder")
+    if config.synthesize.decode not in DECODERS:
+        raise UserError(f"synthesize.decode {config.synthesize.decode!r} is not valid; use {' or '.join(DECODERS)}")
     if config.data.image_size < 8:
         raise UserError(f"data.image_size must be at least 8 pixels, got {config.data.image_size}")
     if config.data.max_per_class is not None and config.data.max_per_class <= 0:
@@ -200,6 +201,8 @@ def run(config: RunConfig, only: str | None = None) -> dict:
     from raydistill.stages.cluster import connect
 
     ctx = prepare(config)
+    if ctx.val_source is None and only in (None, "evaluate"):
+        raise UserError("no validation data: pass --val-data, or put a val/ or test split beside the training data")
     connect(config.ray)
     fingerprints = stage_fingerprints(ctx.config)
     if only is not None:

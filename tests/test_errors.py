@@ -115,3 +115,12 @@ def test_installed_command_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --ipc must be a positive number of images per class, got -3"
+
+
+def test_missing_validation_split_fails_before_any_work(monkeypatch, capsys, tmp_path):
+    data = write_shards(tmp_path / "data", {0: 4, 1: 4}, ["cat", "dog"])
+    (data / "val-00000-of-00001.parquet").unlink()
+    out = tmp_path / "r"
+    code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "2", "--out", str(out))
+    assert code == 2 and "no validation data: pass --val-data" in err
+    assert not (out / "latents").exists()

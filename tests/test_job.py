@@ -37,19 +37,21 @@ def head_node(tmp_path):
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{ports['dashboard']}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:  # any answer means it is up (token auth answers 401 without a token)
-            break
-        except OSError:
-            assert head.poll() is None and time.time() < deadline, "the head node did not come up"
-            time.sleep(1)
-    yield url, ports["metrics"], env
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # any answer means it is up (token auth answers 401 without a token)
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, "the head node did not come up"
+                time.sleep(1)
+        yield url, ports["metrics"], env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
 
 
 def test_ray_job_submit_runs_the_pipeline_and_exports_metrics(head_node, tmp_path):

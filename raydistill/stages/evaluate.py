@@ -12,7 +12,6 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from raydistill.data import decode_dataset
-from raydistill.errors import UserError
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
 from raydistill.rundir import RunDir
@@ -52,8 +51,6 @@ class Evaluator:
 
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
-    if ctx.val_source is None:
-        raise UserError("no validation data: pass --val-data, or put a val/ or test split beside the training data")
     keys = [(variant, student) for variant in ctx.variants for student in cfg.train.students]
     folders = [variant.folder(f"students/{student}") for variant, student in keys]
     gpus = gpus_per_actor(None)

@@ -84,11 +84,10 @@ def check_class_sizes(counts: dict[int, int], class_names: list[str], ipc: int) 
             )
 
 
-def run_variant(ctx: Context, variant: DistilledVariant) -> tuple[int, list[dict]]:
+def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int]) -> tuple[int, list[dict]]:
     cfg = ctx.config
     folder = variant.folder("prototypes")
     ctx.rundir.reset(folder)
-    labels = sorted(written_class_counts(ctx, "latents"))
     groups = [labels[i:i + cfg.quantize.classes_per_task] for i in range(0, len(labels), cfg.quantize.classes_per_task)]
     refs = [
         _quantize_classes.remote(
@@ -115,10 +114,11 @@ def summarise(stats: list[dict]) -> dict:
 
 
 def run(ctx: Context) -> StageOutput:
-    check_class_sizes(written_class_counts(ctx, "latents"), ctx.class_names, ctx.config.quantize.ipc)
+    counts = written_class_counts(ctx, "latents")  # after undecodable images were skipped
+    check_class_sizes(counts, ctx.class_names, ctx.config.quantize.ipc)
     rows, extra = 0, {}
     for variant in ctx.variants:
-        written, stats = run_variant(ctx, variant)
+        written, stats = run_variant(ctx, variant, sorted(counts))
         rows += written
         extra[variant.prefix or "method"] = summarise(stats)
     return StageOutput(rows=rows, extra=extra)
