@@ -144,11 +144,14 @@ class EvaluateConfig:
 
     Attributes:
         baseline: also train and evaluate a random real subset of the same size with the same protocol.
+        gpus_per_actor: None means 1 when the cluster has GPUs when the stage starts, else 0; set it on a cluster
+            whose GPU workers autoscale from zero (as `encode`, `synthesize` and `train.use_gpu`).
     """
 
     baseline: bool = True
     batch_size: int = resource(256)
     actors: int = resource(1)
+    gpus_per_actor: float | None = resource(None)
 
 
 @dataclass(frozen=True)

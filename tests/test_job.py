@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,7 +29,9 @@ def head_node(tmp_path):
     """A head node of its own; stopped by ending its `ray start --block`, which leaves any other Ray alone
     (`ray stop` would also end the test session's Ray)."""
     ports = {name: free_port() for name in ("gcs", "dashboard", "agent", "metrics")}
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    # Token auth on, with a token of the test's own (not whatever ~/.ray/auth_token holds), for head and client.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=2",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",

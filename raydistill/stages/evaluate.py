@@ -53,7 +53,7 @@ def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
     keys = [(variant, student) for variant in ctx.variants for student in cfg.train.students]
     folders = [variant.folder(f"students/{student}") for variant, student in keys]
-    gpus = gpus_per_actor(None)
+    gpus = gpus_per_actor(cfg.evaluate.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
     counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.run_name).map_batches(
         Evaluator,
