@@ -11,7 +11,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False)
+    # address="local": a Ray of the tests' own, even where `ray start` left a cluster on this machine.
+    ray.init(address="local", num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False)
     yield
     ray.shutdown()
 
