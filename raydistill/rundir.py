@@ -45,6 +45,11 @@ class RunDir:
         self.uri = uri.rstrip("/")
         self.fs.create_dir(self.root, recursive=True)
 
+    @property
+    def name(self) -> str:
+        """The run folder's name: the `run` tag of the dashboard metrics."""
+        return self.uri.rsplit("/", 1)[-1]
+
     def path(self, *parts: str) -> str:
         """The filesystem path (for `self.fs` and Ray's `filesystem=`) of a file or folder in the run."""
         return "/".join([self.root.rstrip("/"), *parts])

@@ -49,11 +49,6 @@ class Context:
     timings: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def run_name(self) -> str:
-        """The run folder's name: the `run` tag of the dashboard metrics."""
-        return self.rundir.uri.rsplit("/", 1)[-1]
-
-    @property
     def variants(self) -> list[DistilledVariant]:
         variants = [DistilledVariant("", self.config.quantize.method)]
         if self.config.evaluate.baseline and self.config.quantize.method != "random":

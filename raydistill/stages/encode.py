@@ -66,13 +66,13 @@ def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:
 
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
-    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.run_name)
+    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.rundir.name)
     gpus = gpus_per_actor(cfg.encode.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.encode.actors)
     latents = images.map_batches(
         Encoder,
         fn_constructor_kwargs={
-            "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus, "run": ctx.run_name,
+            "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus, "run": ctx.rundir.name,
         },
         compute=ActorPoolStrategy(size=cfg.encode.actors),
         batch_size=cfg.encode.batch_size,

@@ -33,7 +33,7 @@ class Evaluator:
     def __init__(self, run_uri: str, folders: list[str], num_cpus: float):
         self.device, _ = model_device(num_cpus)
         rundir = RunDir(run_uri)
-        self.run = run_uri.rsplit("/", 1)[-1]
+        self.run = rundir.name
         self.students = [load_student(rundir, folder, self.device) for folder in folders]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -55,7 +55,7 @@ def run(ctx: Context) -> StageOutput:
     folders = [variant.folder(f"students/{student}") for variant, student in keys]
     gpus = gpus_per_actor(cfg.evaluate.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
-    counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.run_name).map_batches(
+    counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.rundir.name).map_batches(
         Evaluator,
         fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "folders": folders, "num_cpus": cpus},
         compute=ActorPoolStrategy(size=cfg.evaluate.actors),

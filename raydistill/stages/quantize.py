@@ -67,7 +67,7 @@ def _quantize_classes(run_uri: str, folder: str, labels: list[int], **kwargs) ->
     stats = []
     for label in labels:
         stats.append(quantize_class(rundir, folder, label, **kwargs))
-        count("raydistill_classes_quantized", 1, "quantize", run_uri.rsplit("/", 1)[-1])
+        count("raydistill_classes_quantized", 1, "quantize", rundir.name)
     return stats
 
 

@@ -93,7 +93,7 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
             Decoder,
             fn_constructor_kwargs={
                 "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
-                "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.run_name,
+                "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.rundir.name,
             },
             compute=ActorPoolStrategy(size=cfg.synthesize.actors),
             batch_size=cfg.synthesize.batch_size,
@@ -107,8 +107,8 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
         for row in table.to_pylist():
             by_id[row["nearest_id"]].append((row["label"], row["index"], row["weight"]))
         real = decode_dataset(ctx.train_source.dataset(frozenset(by_id)), cfg.data.image_size, "synthesize",
-                              ctx.run_name)
-        images = real.map_batches(attach_prototypes, fn_kwargs={"by_id": dict(by_id), "run": ctx.run_name},
+                              ctx.rundir.name)
+        images = real.map_batches(attach_prototypes, fn_kwargs={"by_id": dict(by_id), "run": ctx.rundir.name},
                                   batch_format="numpy")
     folder = ctx.rundir.reset(variant.folder("distilled"))
     images.write_parquet(folder, filesystem=ctx.rundir.fs)

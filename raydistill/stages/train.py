@@ -56,7 +56,7 @@ def train_worker(config: dict) -> None:
         metrics = trainer.train_epoch()
         losses.append(round(metrics["loss"], 5))
         if rank == 0:
-            tags = {"stage": "train", "run": config["run_name"]}
+            tags = {"stage": "train", "run": rundir.name}
             record("raydistill_train_epoch", trainer.epoch, **tags)
             record("raydistill_train_loss", metrics["loss"], **tags)
             record("raydistill_train_images_per_second",
@@ -87,7 +87,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "run_uri": ctx.rundir.uri, "run_name": ctx.run_name, "files": ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"),
+            "run_uri": ctx.rundir.uri, "files": ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"),
             "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
             "settings": settings, "weight_transform": cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
