@@ -1,7 +1,6 @@
 """End to end on the built-in digits set: report contents, skip on rerun, a changed stage redone, export."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
