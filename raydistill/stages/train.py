@@ -17,7 +17,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from raydistill.metrics import record
 from raydistill.rundir import RunDir
@@ -108,10 +108,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
     out = variant.folder(f"students/{student}")
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.safetensors")
-        save_file({k: v.contiguous() for k, v in state["model"].items()}, path)
-        ctx.rundir.write_bytes(open(path, "rb").read(), out, "model.safetensors")
+    ctx.rundir.write_bytes(save({k: v.contiguous() for k, v in state["model"].items()}), out, "model.safetensors")
     metrics = {
         "student": student, "epochs": state["epoch"], "final_loss": result.metrics["loss"],
         "resumed_from_epoch": result.metrics["start_epoch"],
@@ -126,11 +123,7 @@ def load_student(rundir: RunDir, folder: str, device: torch.device) -> torch.nn.
     """A trained student from students/<name>/, in eval mode."""
     metrics = json.loads(rundir.read_bytes(folder, "metrics.json"))
     model = create_student(metrics["student"], metrics["num_classes"], metrics["image_size"])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.safetensors")
-        with open(path, "wb") as handle:
-            handle.write(rundir.read_bytes(folder, "model.safetensors"))
-        model.load_state_dict(load_file(path))
+    model.load_state_dict(load(rundir.read_bytes(folder, "model.safetensors")))
     return model.to(device).eval()
 
 
