@@ -54,7 +54,8 @@ class PriorConfig:
     """The generative prior whose latent space the methods work in.
 
     Attributes:
-        spec: registry name, optionally with an argument: "pixel", "tiny", "taef2:DIR", "vae:DIR_OR_HUB_ID".
+        spec: registry name, optionally with an argument: "pixel", "tiny", "taef2:DIR", "vae:DIR_OR_HUB_ID",
+            "dit:DIR_OR_HUB_ID", "dit-tiny".
         resolution: pixel size the encoder takes; None uses the prior's own default.
     """
 
@@ -64,8 +65,22 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    """Encoder actor pool. `gpus_per_actor` None means 1 when the cluster has GPUs, else 0."""
+    """Encoder actor pool, and the DDIM inversion that runs in it right after the VAE.
 
+    Attributes:
+        invert: also DDIM-invert each latent to noise level `t_end` (the latents/ `noise` column); None inverts
+            when the quantizer works on noise (`quantize.space`).
+        t_end: training-schedule timestep the latents are inverted to (D3HR: 600 of 1000).
+        steps: steps of the DDIM grid over the whole schedule; inversion takes the grid's steps up to `t_end`.
+        guidance: classifier-free guidance scale of the inversion, with the prior's null class; None uses the
+            prior's default (4.0 for DiT).
+        gpus_per_actor: None means 1 when the cluster has GPUs, else 0.
+    """
+
+    invert: bool | None = None
+    t_end: int = 600
+    steps: int = 50
+    guidance: float | None = None
     batch_size: int = resource(64)
     actors: int = resource(1)
     gpus_per_actor: float | None = resource(None)
@@ -76,17 +91,24 @@ class QuantizeConfig:
     """Per-class quantization.
 
     Attributes:
-        method: quantizer name (ddoq, kmeans, random).
+        method: quantizer name (ddoq, kmeans, d3hr, random).
         ipc: prototypes (images) per class.
+        space: what is quantized: "latent" (the VAE latents) or "noise" (their DDIM inversion, as in D3HR and
+            DDOQ-DiT); None means "noise" for d3hr and "latent" for the others.
         iterations: k-means iterations.
         restarts: k-means runs per class; the one with the lowest distortion is kept.
+        candidates: d3hr's number of candidate groups per class (the paper's m).
+        score_weights: d3hr's weights of the mean, std and skew terms of a group's score.
         classes_per_task: classes handled by one Ray task (larger amortises task start-up on many small classes).
     """
 
     method: str = "ddoq"
     ipc: int = 10
+    space: str | None = None
     iterations: int = 50
     restarts: int = 1
+    candidates: int = 1_000_000
+    score_weights: tuple[float, ...] = (1.0, 1.0, 0.5)
     classes_per_task: int = resource(1)
 
 
@@ -96,10 +118,19 @@ class SynthesizeConfig:
 
     Attributes:
         decode: "nearest" uses the real image whose latent is nearest to each prototype (a weighted k-medoid
-            coreset); "decoder" runs the prior's decoder on the prototype itself.
+            coreset); "decoder" runs the prior's decoder on the prototype itself; "ddim" samples the prototype back
+            to t = 0 with the prior's denoiser and then decodes it (from noise prototypes directly, from latent
+            prototypes after noising them to `strength`, i.e. img2img). None means "ddim" for noise prototypes and
+            "nearest" for latent ones.
+        steps: steps of the DDIM sampling grid over the whole schedule.
+        guidance: classifier-free guidance scale of the sampling; None uses the prior's default.
+        strength: img2img noise level of latent prototypes, as a fraction of the schedule (D4M: 0.7).
     """
 
-    decode: str = "nearest"
+    decode: str | None = None
+    steps: int = 50
+    guidance: float | None = None
+    strength: float = 0.7
     batch_size: int = resource(32)
     actors: int = resource(1)
     gpus_per_actor: float | None = resource(None)
@@ -177,6 +208,25 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
+
+
+def quantize_space(config: RunConfig) -> str:
+    """"latent" or "noise": what the quantizer clusters or samples."""
+    if config.quantize.space is not None:
+        return config.quantize.space
+    return "noise" if config.quantize.method == "d3hr" else "latent"
+
+
+def inverts(config: RunConfig) -> bool:
+    """Whether the encode stage DDIM-inverts the latents."""
+    return quantize_space(config) == "noise" if config.encode.invert is None else config.encode.invert
+
+
+def decode_method(config: RunConfig) -> str:
+    """How the method's prototypes become images (the random baseline always takes its real images)."""
+    if config.synthesize.decode is not None:
+        return config.synthesize.decode
+    return "ddim" if quantize_space(config) == "noise" else "nearest"
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

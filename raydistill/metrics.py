@@ -16,6 +16,7 @@ COUNTERS = {
     "raydistill_images_decoded": "Images decoded and resized",
     "raydistill_images_skipped": "Images that could not be decoded (counted and skipped)",
     "raydistill_images_encoded": "Images encoded to latents by the prior",
+    "raydistill_images_inverted": "Latents DDIM-inverted to noise",
     "raydistill_classes_quantized": "Classes whose prototypes are written",
     "raydistill_prototypes_synthesized": "Distilled images written",
     "raydistill_images_evaluated": "Validation images scored (per pass over all students)",

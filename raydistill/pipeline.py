@@ -11,16 +11,20 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from raydistill.config import RunConfig, fingerprint, to_dict, with_absolute_paths
+from raydistill.config import (
+    RunConfig, decode_method, fingerprint, inverts, quantize_space, to_dict, with_absolute_paths,
+)
 from raydistill.data import ImageSource, open_source
 from raydistill.data.selection import class_counts, select_per_class
 from raydistill.errors import UserError
-from raydistill.priors import load_prior
+from raydistill.priors import Prior, load_prior
+from raydistill.priors.diffusion import DiffusionPrior, require_denoiser
 from raydistill.quantize import QUANTIZERS
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.quantize import check_class_sizes
-from raydistill.stages.synthesize import DECODERS
+from raydistill.stages.synthesize import DECODERS, img2img_timestep
+from raydistill.synthesize.ddim import resolve_guidance, timestep_grid
 from raydistill.train.augment import MIXES
 from raydistill.train.losses import parse_weight_transform
 from raydistill.train.models import create_student, load_teacher
@@ -48,7 +52,8 @@ class Stage:
 
 STAGES = (
     Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.image_size, c.data.max_per_class,
-                                          c.data.subset_seed, c.prior)),
+                                          c.data.subset_seed, c.prior,
+                                          (c.encode.t_end, c.encode.steps, c.encode.guidance) if inverts(c) else ())),
     Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
     Stage("synthesize", "distilled", lambda c: (c.synthesize,), per_variant=True),
     Stage("train", "students", lambda c: (c.train,), per_variant=True),
@@ -72,8 +77,7 @@ def validate(config: RunConfig) -> None:
     if config.quantize.ipc <= 0:
         raise UserError(f"--ipc must be a positive number of images per class, got {config.quantize.ipc}")
     QUANTIZERS.get(config.quantize.method)
-    if config.synthesize.decode not in DECODERS:
-        raise UserError(f"synthesize.decode {config.synthesize.decode!r} is not valid; use {' or '.join(DECODERS)}")
+    validate_diffusion(config)
     if config.data.image_size < 8:
         raise UserError(f"data.image_size must be at least 8 pixels, got {config.data.image_size}")
     if config.data.max_per_class is not None and config.data.max_per_class <= 0:
@@ -91,6 +95,56 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"train.mix {config.train.mix!r} is not valid; use one of {', '.join(MIXES)}")
     if config.train.mix_alpha <= 0:
         raise UserError(f"train.mix_alpha must be positive, got {config.train.mix_alpha}")
+
+
+def validate_diffusion(config: RunConfig) -> None:
+    """The quantization space, the decoder and d3hr's settings, before any data or model is loaded."""
+    q = config.quantize
+    if q.space not in (None, "latent", "noise"):
+        raise UserError(f"quantize.space {q.space!r} is not valid; use latent or noise")
+    decode = decode_method(config)
+    if decode not in DECODERS:
+        raise UserError(f"synthesize.decode {decode!r} is not valid; use {' or '.join(DECODERS)}")
+    if quantize_space(config) == "noise":
+        if not inverts(config):
+            raise UserError("quantize.space noise needs the inverted latents: drop encode.invert=false")
+        if decode == "decoder":
+            raise UserError("noise prototypes cannot go straight through the VAE decoder: use --decode ddim "
+                            "(sample them back first) or --decode nearest")
+    if not 0 < config.synthesize.strength <= 1:
+        raise UserError(f"synthesize.strength must be in (0, 1], got {config.synthesize.strength}")
+    if q.method == "d3hr":
+        if q.ipc < 2:
+            raise UserError(f"d3hr needs at least 2 images per class to match a spread; got --ipc {q.ipc}")
+        if q.candidates < 1:
+            raise UserError(f"quantize.candidates must be positive, got {q.candidates}")
+        if len(q.score_weights) != 3 or min(q.score_weights) < 0:
+            raise UserError(f"quantize.score_weights must be 3 non-negative weights (mean, std, skew), "
+                            f"got {list(q.score_weights)}")
+
+
+def check_prior_for(config: RunConfig, prior: Prior, num_classes: int) -> None:
+    """A run that inverts or samples needs a diffusion prior that knows every class and the configured levels."""
+    inverting, sampling = inverts(config), decode_method(config) == "ddim"
+    if not (inverting or sampling):
+        return
+    purpose = "DDIM inversion (quantize.space noise)" if inverting else "--decode ddim"
+    diffusion = require_denoiser(prior, purpose)
+    if num_classes > diffusion.num_classes:
+        raise UserError(f"the data has {num_classes} classes but prior {prior.name!r} knows "
+                        f"{diffusion.num_classes}: use a prior trained on this dataset's classes")
+    checks = []
+    if inverting:
+        checks.append(("encode", config.encode.t_end, config.encode.steps, config.encode.guidance))
+    if sampling:
+        t_start = (config.encode.t_end if quantize_space(config) == "noise"
+                   else img2img_timestep(config.synthesize.strength, diffusion.train_timesteps))
+        checks.append(("synthesize", t_start, config.synthesize.steps, config.synthesize.guidance))
+    for section, level, steps, guidance in checks:
+        timestep_grid(diffusion.train_timesteps, steps, level)
+        if resolve_guidance(diffusion, guidance) != 1.0 and diffusion.null_class is None:
+            raise UserError(f"prior {prior.name!r} has no null class for classifier-free guidance: "
+                            f"pass --set {section}.guidance=1")
 
 
 def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | None:
@@ -129,12 +183,14 @@ def prepare(config: RunConfig) -> Context:
     if config.train.teacher:
         load_teacher(config.train.teacher, len(class_names))
     prior = load_prior(config.prior.spec, config.prior.resolution)
+    check_prior_for(config, prior, len(class_names))
     rundir = RunDir(config.out)
     rundir.write_json(to_dict(config), "config.json")
     rundir.write_json(class_names, "class_names.json")
     return Context(
         config=config, rundir=rundir, train_source=train_source, val_source=val_source, class_names=class_names,
         class_counts=counts, keep_ids=keep_ids, latent_shape=tuple(prior.latent_shape), resolution=prior.resolution,
+        train_timesteps=prior.train_timesteps if isinstance(prior, DiffusionPrior) else None,
     )
 
 

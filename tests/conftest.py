@@ -22,3 +22,19 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is absent (it is only on the developers' and CI machines)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def saved_dit(tmp_path_factory) -> Path:
+    """dit-tiny's parts saved in the facebook/DiT-XL-2-256 layout (transformer/, vae/, scheduler/)."""
+    from diffusers import DDIMScheduler
+
+    from raydistill.priors import load_prior
+
+    prior = load_prior("dit-tiny")
+    root = tmp_path_factory.mktemp("dit")
+    prior.denoiser.save_pretrained(root / "transformer")
+    prior.vae.save_pretrained(root / "vae")
+    DDIMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False).save_pretrained(
+        root / "scheduler")
+    return root

@@ -131,3 +131,30 @@ def test_decoder_path_with_a_latent_prior_and_explicit_val_data(ray_local, tmp_p
     images = [png_decode(data) for data in table.column("image").to_pylist()]
     assert all(image.shape == (32, 32, 3) for image in images)
     assert len({image.tobytes() for image in images}) == 30  # decoded centroids, not copies of one image
+
+
+def test_d3hr_and_ddoq_on_inverted_noise_with_a_diffusion_prior(ray_local, tmp_path):
+    """d3hr on dit-tiny end to end, then DDOQ-DiT in the same run directory, reusing the inverted latents."""
+    out = tmp_path / "diffusion"
+    common = ["--ipc", "3", "--prior", "dit-tiny", "--max-per-class", "20", "--out", str(out),
+              "--set", "evaluate.baseline=false", "--set", "train.epochs=2", "--set", "quantize.candidates=2000",
+              "--set", "encode.steps=10", "--set", "synthesize.steps=10"]
+    invoke("run", "--method", "d3hr", *common)
+    encode = json.loads((out / "latents" / "_SUCCESS.json").read_text())
+    assert encode["inversion"] == {"t_end": 600, "steps": 10, "guidance": None} and encode["rows"] == 200
+    latents = pq.read_table(out / "latents", columns=["latent", "noise"])
+    assert latents.column("noise").type.list_size == 4 * 16 * 16
+    d3hr = pq.read_table(out / "prototypes")
+    assert set(d3hr.column("space").to_pylist()) == {"noise"} and d3hr.num_rows == 30
+    np.testing.assert_allclose(d3hr.column("weight").to_numpy(), 1 / 3)
+    distilled = pq.read_table(out / "distilled")
+    images = [png_decode(data) for data in distilled.column("image").to_pylist()]
+    assert len(images) == 30 and len({image.tobytes() for image in images}) == 30
+    assert json.loads((out / "report" / "report.json").read_text())["method"] == "d3hr"
+
+    invoke("run", "--method", "ddoq", "--space", "noise", *common)
+    assert json.loads((out / "latents" / "_SUCCESS.json").read_text())["seconds"] == encode["seconds"]  # skipped
+    ddoq = pq.read_table(out / "prototypes")
+    assert set(ddoq.column("method").to_pylist()) == {"ddoq"} and set(ddoq.column("space").to_pylist()) == {"noise"}
+    weights = pq.read_table(out / "distilled").column("weight").to_numpy()
+    assert len(weights) == 30 and weights.std() > 0  # the Voronoi masses in noise space are kept

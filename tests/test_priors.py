@@ -50,19 +50,21 @@ def saved_vae(tmp_path_factory):
     return model, root
 
 
-def _spec(name: str, saved_vae) -> str:
+def _spec(name: str, saved_vae, saved_dit) -> str:
     if name == "taef2":
         if not TAEF2_DIR.is_dir():
             pytest.skip("../shared/weights/taef2 is absent")
         return f"taef2:{TAEF2_DIR}"
     if name == "vae":
         return f"vae:{saved_vae[1] / 'plain'}"
+    if name == "dit":
+        return f"dit:{saved_dit}"
     return name
 
 
 @pytest.mark.parametrize("name", list_priors())
-def test_every_prior_round_trips_shapes(name, saved_vae):
-    spec = _spec(name, saved_vae)
+def test_every_prior_round_trips_shapes(name, saved_vae, saved_dit):
+    spec = _spec(name, saved_vae, saved_dit)
     prior = load_prior(spec, resolution=32)
     assert isinstance(prior, Prior) and prior.name == spec and prior.resolution == 32
     torch.manual_seed(0)
@@ -80,7 +82,7 @@ def test_every_prior_round_trips_shapes(name, saved_vae):
 
 @pytest.mark.parametrize(
     ("spec", "resolution", "latent_shape"),
-    [("pixel", 32, (3, 32, 32)), ("tiny", 32, (4, 16, 16)), ("taef2", 64, (32, 8, 8))],
+    [("pixel", 32, (3, 32, 32)), ("tiny", 32, (4, 16, 16)), ("taef2", 64, (32, 8, 8)), ("dit-tiny", 32, (4, 16, 16))],
 )
 def test_default_resolutions(spec, resolution, latent_shape):
     if spec == "taef2":

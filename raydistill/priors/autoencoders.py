@@ -98,9 +98,7 @@ class DiffusersVAEPrior(Prior):
 
         config = vae.config
         self.is_tiny = isinstance(vae, AutoencoderTiny)
-        # Each encoder block but the first halves the resolution.
-        blocks = config.encoder_block_out_channels if self.is_tiny else config.block_out_channels
-        super().__init__(name, resolution, downsample=2 ** (len(blocks) - 1), latent_channels=config.latent_channels)
+        super().__init__(name, resolution, downsample=vae_downsample(vae), latent_channels=config.latent_channels)
         self.vae = vae.eval().requires_grad_(False)
         self.scaling_factor = float(config.get("scaling_factor") or 1.0)
         # SD3/FLUX-style VAEs centre their latents before scaling; older configs have no shift.
@@ -114,6 +112,12 @@ class DiffusersVAEPrior(Prior):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         images = self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
         return (images + 1) / 2
+
+
+def vae_downsample(vae: nn.Module) -> int:
+    """Image side / latent side of a diffusers VAE: each encoder block but the first halves the resolution."""
+    blocks = vae.config.get("encoder_block_out_channels") or vae.config.block_out_channels
+    return 2 ** (len(blocks) - 1)
 
 
 def _vae_source(arg: str) -> list[tuple[str, str | None]]:
@@ -131,7 +135,8 @@ def _vae_source(arg: str) -> list[tuple[str, str | None]]:
     return [(arg, None), (arg, "vae")]
 
 
-def _load_vae(arg: str) -> nn.Module:
+def load_vae(arg: str) -> nn.Module:
+    """A diffusers AutoencoderKL or AutoencoderTiny from a local directory (or its vae/ subfolder) or a hub id."""
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     errors = []
@@ -195,7 +200,7 @@ def vae(arg: str | None, resolution: int | None) -> Prior:
     """A diffusers AutoencoderKL/AutoencoderTiny from a local directory (or its vae/ subfolder) or a hub id."""
     if not arg:
         raise UserError(f"prior 'vae' needs a model: {_VAE_HINT}, or vae:HUB_ID")
-    return DiffusersVAEPrior(_load_vae(arg), "vae", VAE_RESOLUTION if resolution is None else resolution)
+    return DiffusersVAEPrior(load_vae(arg), "vae", VAE_RESOLUTION if resolution is None else resolution)
 
 
 @PRIORS.register("tiny")

@@ -1,7 +1,8 @@
 """What every quantizer returns, and the registry they are filed in.
 
-A quantizer maps one class's points x (N x D) to K prototypes with weights. All share one signature:
-`quantizer(x, k, seed=..., iterations=..., restarts=...) -> Quantization`.
+A quantizer maps one class's points x (N x D) to K prototypes with weights: `quantizer(x, k, seed=..., **options)
+-> Quantization`, where the options are keyword parameters named as `quantize.*` config keys (the quantize stage
+passes each quantizer the keys it declares).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from raydistill.quantize.metrics import voronoi_counts
 
 
 @QUANTIZERS.register("random")
-def random_subset(x: np.ndarray, k: int, seed: int = 0, iterations: int = 0, restarts: int = 0) -> Quantization:
-    """K distinct real points chosen with a seeded generator; `iterations` and `restarts` are unused."""
+def random_subset(x: np.ndarray, k: int, seed: int = 0) -> Quantization:
+    """K distinct real points chosen with a seeded generator."""
     rows = np.sort(np.random.default_rng(seed).choice(len(x), size=k, replace=False)).astype(np.int64)
     return Quantization(
         points=np.ascontiguousarray(x[rows], dtype=np.float32),

@@ -35,6 +35,7 @@ class Context:
         class_counts: training images per label after `max_per_class`, from the index pass.
         keep_ids: the ids kept by `max_per_class`, or None to keep all.
         latent_shape: (C, h, w) of one latent of the prior at its resolution.
+        train_timesteps: length of the prior's noise schedule, or None for an autoencoder-only prior.
     """
 
     config: RunConfig
@@ -46,6 +47,7 @@ class Context:
     keep_ids: frozenset | None
     latent_shape: tuple[int, int, int]
     resolution: int
+    train_timesteps: int | None = None
     timings: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,6 +1,8 @@
 """encode: stream the training images through CPU decode tasks into an encoder actor pool; write latents/.
 
-latents/ is partitioned by label (`label=3/...parquet`) so each per-class quantize task reads only its class.
+With inversion on, the same actor DDIM-inverts each batch of latents right after the VAE, so they never leave the
+device in between, and writes both the latent and its noise. latents/ is partitioned by label (`label=3/...parquet`)
+so each per-class quantize task reads only its class.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import pyarrow.parquet as pq
 import torch
 from ray.data import ActorPoolStrategy
 
+from raydistill.config import inverts
 from raydistill.data import decode_dataset
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
 from raydistill.priors import load_prior
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
+from raydistill.synthesize.ddim import invert_latents
 
 
 def model_device(num_cpus: float) -> tuple[torch.device, torch.dtype]:
@@ -33,25 +37,42 @@ def fixed_size_list(rows: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
 
 
-class Encoder:
-    """Ray Data actor: loads the prior once, then maps decoded image batches to flattened latents."""
+def flat(x: torch.Tensor) -> pa.FixedSizeListArray:
+    return fixed_size_list(x.float().cpu().numpy().reshape(len(x), -1))
 
-    def __init__(self, prior_spec: str, resolution: int, num_cpus: float, run: str):
+
+class Encoder:
+    """Ray Data actor: loads the prior once, then maps decoded image batches to flattened latents.
+
+    `inversion` ({"t_end", "steps", "guidance"} of `invert_latents`) also writes each latent's DDIM inversion.
+    """
+
+    def __init__(self, prior_spec: str, resolution: int, num_cpus: float, run: str, inversion: dict | None = None):
         self.device, self.dtype = model_device(num_cpus)
         self.run = run
         self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
         self.resolution = resolution
+        self.inversion = inversion
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = to_tensor(batch["image"], self.resolution).to(self.device)
+        labels = batch["label"].astype(np.int32)
+        columns = {"id": pa.array(batch["id"].astype(str)), "label": pa.array(labels)}
         with torch.inference_mode():
-            latents = self.prior.encode(images).float().cpu().numpy()
-        count("raydistill_images_encoded", len(latents), "encode", self.run)
-        return pa.table({
-            "id": pa.array(batch["id"].astype(str)),
-            "label": pa.array(batch["label"].astype(np.int32)),
-            "latent": fixed_size_list(latents.reshape(len(latents), -1)),
-        })
+            latents = self.prior.encode(images)
+            columns["latent"] = flat(latents)
+            count("raydistill_images_encoded", len(latents), "encode", self.run)
+            if self.inversion is not None:
+                noise = invert_latents(self.prior, latents, torch.from_numpy(labels), **self.inversion)
+                columns["noise"] = flat(noise)
+                count("raydistill_images_inverted", len(noise), "encode", self.run)
+        return pa.table(columns)
+
+
+def inversion_settings(ctx: Context) -> dict | None:
+    """The Encoder's `inversion` argument for this run, or None when it does not invert."""
+    cfg = ctx.config.encode
+    return {"t_end": cfg.t_end, "steps": cfg.steps, "guidance": cfg.guidance} if inverts(ctx.config) else None
 
 
 def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:
@@ -73,6 +94,7 @@ def run(ctx: Context) -> StageOutput:
         Encoder,
         fn_constructor_kwargs={
             "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus, "run": ctx.rundir.name,
+            "inversion": inversion_settings(ctx),
         },
         compute=ActorPoolStrategy(size=cfg.encode.actors),
         batch_size=cfg.encode.batch_size,
@@ -89,6 +111,7 @@ def run(ctx: Context) -> StageOutput:
         rows=written,
         extra={
             "latent_shape": list(ctx.latent_shape),
+            "inversion": inversion_settings(ctx),
             "skipped_images": expected - written,
             "class_counts": {str(k): v for k, v in sorted(counts.items())},
         },

@@ -6,11 +6,16 @@ Tasks get paths, not arrays: each reads its classes' `latents/label=c/` partitio
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from raydistill.config import quantize_space
 from raydistill.errors import UserError
 from raydistill.metrics import count
 from raydistill.quantize import QUANTIZERS, wasserstein2
@@ -19,20 +24,27 @@ from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.encode import fixed_size_list, written_class_counts
 
 
-def read_class_latents(rundir: RunDir, label: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, latents (N, D) float32) of one class from latents/, in id order so reruns see the same rows."""
-    table = pq.read_table(rundir.path("latents", f"label={label}"), filesystem=rundir.fs, columns=["id", "latent"])
+def read_class_latents(rundir: RunDir, label: int, column: str = "latent") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, points (N, D) float32) of one class from latents/ (`column` "latent" or "noise"), in id order so
+    reruns see the same rows."""
+    table = pq.read_table(rundir.path("latents", f"label={label}"), filesystem=rundir.fs, columns=["id", column])
     table = table.sort_by("id")
-    column = table.column("latent").combine_chunks()
+    column = table.column(column).combine_chunks()
     latents = column.flatten().to_numpy().reshape(len(table), -1)
     return np.asarray(table.column("id").to_pylist(), dtype=object), latents
 
 
-def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: int, seed: int,
-                   iterations: int, restarts: int) -> dict:
-    """Quantizes one class, writes its prototypes and returns its statistics (plain function, no Ray)."""
-    ids, x = read_class_latents(rundir, label)
-    result = QUANTIZERS.get(method)(x, ipc, seed=seed * 1_000_003 + label, iterations=iterations, restarts=restarts)
+def quantizer_options(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings the method's quantizer takes, picked by its keyword parameters."""
+    parameters = inspect.signature(QUANTIZERS.get(method)).parameters
+    return {name: value for name, value in settings.items() if name in parameters and name not in ("x", "k", "seed")}
+
+
+def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: int, seed: int, space: str,
+                   options: dict[str, Any]) -> dict:
+    """Quantizes one class's latents or noise, writes its prototypes and returns its statistics (no Ray)."""
+    ids, x = read_class_latents(rundir, label, "noise" if space == "noise" else "latent")
+    result = QUANTIZERS.get(method)(x, ipc, seed=seed * 1_000_003 + label, **quantizer_options(method, options))
     table = pa.table({
         "label": pa.array(np.full(ipc, label, dtype=np.int32)),
         "index": pa.array(np.arange(ipc, dtype=np.int32)),
@@ -40,6 +52,7 @@ def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: in
         "weight": pa.array(result.weights),
         "count": pa.array(result.counts),
         "method": pa.array([method] * ipc),
+        "space": pa.array([space] * ipc),
         "nearest_id": pa.array(ids[result.nearest].astype(str)),
     })
     sink = pa.BufferOutputStream()
@@ -92,7 +105,7 @@ def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int]) -> t
     refs = [
         _quantize_classes.remote(
             ctx.rundir.uri, folder, group, method=variant.method, ipc=cfg.quantize.ipc, seed=cfg.seed,
-            iterations=cfg.quantize.iterations, restarts=cfg.quantize.restarts,
+            space=quantize_space(cfg), options=dataclasses.asdict(cfg.quantize),
         )
         for group in groups
     ]

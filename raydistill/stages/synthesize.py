@@ -1,6 +1,8 @@
 """synthesize: turn prototypes into images; writes distilled/ (id, label, image PNG, weight, prototype).
 
-`decoder` runs the prior's decoder on each prototype in an actor pool. `nearest` streams the real images whose
+`decoder` runs the prior's decoder on each prototype in an actor pool; `ddim` first samples each prototype back to
+t = 0 with the prior's denoiser, in the same pool (noise prototypes from the encode stage's `t_end`, latent ones
+after noising them to `strength`). `nearest` streams the real images whose
 latents are nearest to the prototypes (found by the quantize tasks) through the CPU decode tasks: a weighted
 k-medoid coreset with no generative decoder. distilled/weight is the prototype's weight; the train stage applies
 `train.weight_transform`, so tempering the weights never redoes synthesis.
@@ -17,6 +19,7 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
+from raydistill.config import decode_method, quantize_space
 from raydistill.data import decode_dataset
 from raydistill.errors import UserError
 from raydistill.imaging import png_bytes, to_uint8
@@ -25,8 +28,9 @@ from raydistill.priors import load_prior
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.encode import model_device
+from raydistill.synthesize.ddim import sample_latents
 
-DECODERS = ("nearest", "decoder")
+DECODERS = ("nearest", "decoder", "ddim")
 
 
 def distilled_table(ids, labels, images: np.ndarray, weights, prototypes, run: str) -> pa.Table:
@@ -41,22 +45,53 @@ def distilled_table(ids, labels, images: np.ndarray, weights, prototypes, run: s
 
 
 class Decoder:
-    """Ray Data actor: the prior's decoder on flattened prototype latents, resized to the output size."""
+    """Ray Data actor: the prior's decoder on flattened prototype latents, resized to the output size.
+
+    `sampling` ({"t_start", "steps", "guidance", "seed", "from_latents"}) DDIM-samples the prototypes back to t = 0
+    first; with `from_latents` they are clean latents, noised to `t_start` with noise seeded by (seed, label, index).
+    """
 
     def __init__(self, prior_spec: str, resolution: int, latent_shape: list[int], image_size: int, num_cpus: float,
-                 run: str):
+                 run: str, sampling: dict | None = None):
         self.device, self.dtype = model_device(num_cpus)
         self.run = run
         self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
         self.latent_shape, self.image_size = tuple(latent_shape), image_size
+        self.sampling = sampling
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         points = np.stack(batch["point"]).astype(np.float32).reshape(-1, *self.latent_shape)
         with torch.inference_mode():
-            images = self.prior.decode(torch.from_numpy(points).to(self.device))
+            latents = torch.from_numpy(points).to(self.device)
+            if self.sampling is not None:
+                latents = self.sample(latents, batch["label"], batch["index"])
+            images = self.prior.decode(latents)
         ids = [f"{label}-{index}" for label, index in zip(batch["label"], batch["index"])]
         return distilled_table(ids, batch["label"], to_uint8(images, self.image_size), batch["weight"], batch["index"],
                                self.run)
+
+    def sample(self, points: torch.Tensor, labels: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        plan = self.sampling
+        seeds = None
+        if plan["from_latents"]:
+            seeds = [(plan["seed"] * 1_000_003 + int(label)) * 100_003 + int(index)
+                     for label, index in zip(labels, indices)]
+        return sample_latents(self.prior, points, torch.from_numpy(labels.astype(np.int64)), plan["t_start"],
+                              plan["steps"], plan["guidance"], row_seeds=seeds)
+
+
+def sampling_settings(ctx: Context) -> dict:
+    """The Decoder's `sampling` argument: start where encode inverted to, or img2img from latent prototypes."""
+    cfg = ctx.config
+    from_latents = quantize_space(cfg) == "latent"
+    t_start = img2img_timestep(cfg.synthesize.strength, ctx.train_timesteps) if from_latents else cfg.encode.t_end
+    return {"t_start": t_start, "steps": cfg.synthesize.steps, "guidance": cfg.synthesize.guidance, "seed": cfg.seed,
+            "from_latents": from_latents}
+
+
+def img2img_timestep(strength: float, train_timesteps: int) -> int:
+    """The timestep latent prototypes are noised to: `strength` of the way through the schedule."""
+    return min(train_timesteps - 1, round(strength * train_timesteps))
 
 
 def attach_prototypes(batch: dict[str, np.ndarray], by_id: dict[str, list[tuple[int, int, float]]],
@@ -81,19 +116,19 @@ def read_prototypes(ctx: Context, folder: str, columns: list[str]) -> pa.Table:
 def run_variant(ctx: Context, variant: DistilledVariant) -> int:
     cfg = ctx.config
     source_folder = variant.folder("prototypes")
-    decode = "nearest" if variant.method == "random" else cfg.synthesize.decode
-    if decode == "decoder":
+    decode = "nearest" if variant.method == "random" else decode_method(cfg)
+    if decode in ("decoder", "ddim"):
         gpus = gpus_per_actor(cfg.synthesize.gpus_per_actor)
         cpus = 1.0 if gpus else cpus_per_actor(cfg.synthesize.actors)
         prototypes = ray.data.read_parquet(
             ctx.rundir.files(source_folder, suffix=".parquet"), filesystem=ctx.rundir.fs,
-            columns=["label", "index", "point", "weight"],
-        )
+        ).select_columns(["label", "index", "point", "weight"])
         images = prototypes.map_batches(
             Decoder,
             fn_constructor_kwargs={
                 "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
                 "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.rundir.name,
+                "sampling": sampling_settings(ctx) if decode == "ddim" else None,
             },
             compute=ActorPoolStrategy(size=cfg.synthesize.actors),
             batch_size=cfg.synthesize.batch_size,
