@@ -55,12 +55,16 @@ class PriorConfig:
 
     Attributes:
         spec: registry name, optionally with an argument: "pixel", "tiny", "taef2:DIR", "vae:DIR_OR_HUB_ID",
-            "dit:DIR_OR_HUB_ID", "dit-tiny".
+            "dit:DIR_OR_HUB_ID", "sd:DIR_OR_HUB_ID", "dit-tiny", "sd-tiny".
         resolution: pixel size the encoder takes; None uses the prior's own default.
+        prompt: text-conditioned priors (sd) see each class as this prompt, `{name}` being the class name.
+        negative_prompt: their unconditional prompt for classifier-free guidance.
     """
 
     spec: str = "pixel"
     resolution: int | None = None
+    prompt: str = "{name}"
+    negative_prompt: str = ""
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,12 @@ def validate(config: RunConfig) -> None:
 
 
 def validate_diffusion(config: RunConfig) -> None:
-    """The quantization space, the decoder and d3hr's settings, before any data or model is loaded."""
+    """The quantization space, the decoder, the prompt and d3hr's settings, before any data or model is loaded."""
+    try:
+        config.prior.prompt.format(name="class")
+    except (KeyError, IndexError, ValueError) as e:
+        raise UserError(f"prior.prompt {config.prior.prompt!r} is not a valid template ({e!r}): write the class name "
+                        f"as {{name}}, e.g. 'a photo of a {{name}}'") from e
     q = config.quantize
     if q.space not in (None, "latent", "noise"):
         raise UserError(f"quantize.space {q.space!r} is not valid; use latent or noise")
@@ -142,7 +147,7 @@ def check_prior_for(config: RunConfig, prior: Prior, num_classes: int) -> None:
         checks.append(("synthesize", t_start, config.synthesize.steps, config.synthesize.guidance))
     for section, level, steps, guidance in checks:
         timestep_grid(diffusion.train_timesteps, steps, level)
-        if resolve_guidance(diffusion, guidance) != 1.0 and diffusion.null_class is None:
+        if resolve_guidance(diffusion, guidance) != 1.0 and not diffusion.supports_guidance:
             raise UserError(f"prior {prior.name!r} has no null class for classifier-free guidance: "
                             f"pass --set {section}.guidance=1")
 
@@ -183,6 +188,8 @@ def prepare(config: RunConfig) -> Context:
     if config.train.teacher:
         load_teacher(config.train.teacher, len(class_names))
     prior = load_prior(config.prior.spec, config.prior.resolution)
+    if isinstance(prior, DiffusionPrior):
+        prior.use_class_names(class_names, config.prior.prompt, config.prior.negative_prompt)
     check_prior_for(config, prior, len(class_names))
     rundir = RunDir(config.out)
     rundir.write_json(to_dict(config), "config.json")

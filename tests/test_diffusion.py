@@ -173,3 +173,20 @@ def test_d3hr_matches_the_class_moments_and_is_seeded():
     with pytest.raises(UserError, match="d3hr needs at least 2 images per class"):
         QUANTIZERS.get("d3hr")(x, 1, seed=1, candidates=10)
 
+
+
+def test_sd_loads_its_layout_and_conditions_on_class_names(saved_sd):
+    tiny = load_prior("sd-tiny")
+    prior = load_prior(f"sd:{saved_sd}")
+    assert prior.resolution == 32 and prior.num_classes == 0 and prior.supports_guidance
+    for p in (tiny, prior):
+        p.use_class_names(["tench", "golden retriever"], "a photo of a {name}", "blurry")
+    assert prior.num_classes == 2 and prior.class_embeddings.shape[0] == 2
+    x, labels = latents_and_labels(prior, n=2)
+    noise = prior.predict_noise(x, 500, labels, 8.0)
+    torch.testing.assert_close(noise, tiny.predict_noise(x, 500, labels, 8.0))
+    assert (noise - prior.predict_noise(x, 500, labels, 1.0)).abs().mean() > 0.01  # the negative prompt matters
+    with pytest.raises(UserError, match="label 2 is outside prior"):
+        prior.predict_noise(x, 500, torch.tensor([0, 2]), 1.0)
+    with pytest.raises(UserError, match="stable-diffusion-v1-5"):
+        load_prior(f"sd:{saved_sd / 'unet'}")

@@ -59,6 +59,7 @@ def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], co
         (["--decode", "ddim"], "--decode ddim needs a diffusion prior, but 'pixel'"),
         (["--method", "d3hr", "--prior", "dit-tiny", "--set", "encode.t_end=1000"], "t = 1000 is outside"),
         (["--prior", "dit-tiny", "--decode", "ddim", "--set", "synthesize.strength=1.5"], "synthesize.strength"),
+        (["--set", "prior.prompt=a photo of a {}"], "write the class name as {name}"),
         (["--prior", "sd15"], "unknown prior 'sd15'"),
         (["--student", "no-such-net"], "no-such-net"),
         (["--ipc", "0"], "--ipc must be a positive number"),

@@ -158,3 +158,18 @@ def test_d3hr_and_ddoq_on_inverted_noise_with_a_diffusion_prior(ray_local, tmp_p
     assert set(ddoq.column("method").to_pylist()) == {"ddoq"} and set(ddoq.column("space").to_pylist()) == {"noise"}
     weights = pq.read_table(out / "distilled").column("weight").to_numpy()
     assert len(weights) == 30 and weights.std() > 0  # the Voronoi masses in noise space are kept
+
+
+def test_d4m_img2img_with_a_text_conditioned_prior(ray_local, tmp_path):
+    """kmeans centroids in latent space decoded by img2img through sd-tiny, prompts from the class names."""
+    out = tmp_path / "d4m"
+    invoke("run", "--method", "kmeans", "--prior", "sd-tiny", "--decode", "ddim", "--ipc", "2", "--max-per-class", "10",
+           "--out", str(out), "--set", "evaluate.baseline=false", "--set", "train.epochs=1",
+           "--set", "synthesize.steps=10", "--set", "prior.prompt=a photo of the digit {name}")
+    assert json.loads((out / "latents" / "_SUCCESS.json").read_text())["inversion"] is None
+    prototypes = pq.read_table(out / "prototypes")
+    assert set(prototypes.column("space").to_pylist()) == {"latent"}
+    distilled = pq.read_table(out / "distilled")
+    images = [png_decode(data) for data in distilled.column("image").to_pylist()]
+    assert len(images) == 20 and all(image.shape == (32, 32, 3) for image in images)
+    assert len({image.tobytes() for image in images}) == 20

@@ -50,7 +50,7 @@ def saved_vae(tmp_path_factory):
     return model, root
 
 
-def _spec(name: str, saved_vae, saved_dit) -> str:
+def _spec(name: str, saved_vae, saved_dit, saved_sd) -> str:
     if name == "taef2":
         if not TAEF2_DIR.is_dir():
             pytest.skip("../shared/weights/taef2 is absent")
@@ -59,12 +59,14 @@ def _spec(name: str, saved_vae, saved_dit) -> str:
         return f"vae:{saved_vae[1] / 'plain'}"
     if name == "dit":
         return f"dit:{saved_dit}"
+    if name == "sd":
+        return f"sd:{saved_sd}"
     return name
 
 
 @pytest.mark.parametrize("name", list_priors())
-def test_every_prior_round_trips_shapes(name, saved_vae, saved_dit):
-    spec = _spec(name, saved_vae, saved_dit)
+def test_every_prior_round_trips_shapes(name, saved_vae, saved_dit, saved_sd):
+    spec = _spec(name, saved_vae, saved_dit, saved_sd)
     prior = load_prior(spec, resolution=32)
     assert isinstance(prior, Prior) and prior.name == spec and prior.resolution == 32
     torch.manual_seed(0)
@@ -175,7 +177,7 @@ def test_vae_loads_autoencoder_tiny(tmp_path):
 
 
 def test_unknown_prior_lists_the_valid_names():
-    with pytest.raises(UserError, match=r"unknown prior 'nope'.*pixel, taef2, tiny, vae"):
+    with pytest.raises(UserError, match=r"unknown prior 'nope'; valid priors: dit, dit-tiny, pixel, sd, sd-tiny, taef2, tiny, vae"):
         load_prior("nope:/x")
 
 

@@ -1,11 +1,14 @@
 """Diffusion priors: a VAE plus a class-conditional denoiser and the noise schedule it was trained with.
 
 `dit:DIR_OR_HUB_ID` loads the `facebook/DiT-XL-2-256` layout (transformer/, vae/, scheduler/); any diffusers denoiser
-called as `model(x, t, class_labels=y).sample` works the same way. `dit-tiny` is a small random one for tests.
+called as `model(x, t, class_labels=y).sample` works the same way. `sd:DIR_OR_HUB_ID` loads a Stable Diffusion 1.x
+layout and conditions on class names as prompts. `dit-tiny` and `sd-tiny` are small random ones for tests.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,11 @@ from raydistill.priors.autoencoders import (
 )
 from raydistill.priors.base import PRIORS, Prior
 
-# D3HR's and DsCo's classifier-free guidance scale for DiT.
+# Classifier-free guidance scales: D3HR's and DsCo's for DiT, D4M's img2img for Stable Diffusion.
 DIT_GUIDANCE = 4.0
+SD_GUIDANCE = 8.0
+_SD_HINT = ("pass sd:DIR with a local directory laid out as stable-diffusion-v1-5 (vae/, unet/, text_encoder/, "
+            "tokenizer/, scheduler/), or sd:HUB_ID")
 _DIT_HINT = ("pass dit:DIR with a local directory laid out as facebook/DiT-XL-2-256 (transformer/, vae/, scheduler/), "
              "or dit:HUB_ID")
 
@@ -54,6 +60,17 @@ class DiffusionPrior(DiffusersVAEPrior):
     def train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
+    @property
+    def supports_guidance(self) -> bool:
+        return self.null_class is not None
+
+    def use_class_names(self, class_names: list[str], prompt: str, negative_prompt: str) -> None:
+        """Tells the prior the dataset's classes; a label-conditioned model takes labels as they are."""
+
+    def conditions(self, labels: torch.Tensor, unconditional: bool) -> dict[str, torch.Tensor]:
+        """The denoiser's conditioning keyword arguments for a batch of labels, or for "no class"."""
+        return {"class_labels": torch.full_like(labels, self.null_class) if unconditional else labels}
+
     def predict_noise(self, latents: torch.Tensor, timestep: int, labels: torch.Tensor,
                       guidance: float) -> torch.Tensor:
         """The denoiser's noise estimate, with classifier-free guidance when `guidance` is not 1.
@@ -73,19 +90,57 @@ class DiffusionPrior(DiffusersVAEPrior):
         labels = labels.to(self.device, torch.long)
         check_labels(self, labels)
         x = latents.to(self.device, self.dtype)
+        conditions = self.conditions(labels, unconditional=False)
         if guidance != 1.0:
-            if self.null_class is None:
+            if not self.supports_guidance:
                 raise UserError(f"prior {self.name!r} has no null class for classifier-free guidance: "
                                 f"set the guidance to 1 (e.g. --set encode.guidance=1 --set synthesize.guidance=1)")
             x = torch.cat([x, x])
-            labels = torch.cat([labels, torch.full_like(labels, self.null_class)])
+            unconditional = self.conditions(labels, unconditional=True)
+            conditions = {key: torch.cat([value, unconditional[key]]) for key, value in conditions.items()}
         timesteps = torch.full((len(x),), timestep, device=self.device, dtype=torch.long)
         # Models that also learn the variance (DiT-XL/2) return 2C channels; the first C are the noise.
-        noise = self.denoiser(x, timesteps, class_labels=labels).sample[:, : self.latent_shape[0]].float()
+        noise = self.denoiser(x, timesteps, **conditions).sample[:, : self.latent_shape[0]].float()
         if guidance == 1.0:
             return noise
         conditional, unconditional = noise.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
+
+
+class TextDiffusionPrior(DiffusionPrior):
+    """A text-conditioned latent diffusion model (Stable Diffusion 1.x layout) used class-conditionally.
+
+    Each class is the prompt `prompt.format(name=class_name)`; the unconditional branch of guidance is the negative
+    prompt. The prompt embeddings are computed once by `use_class_names` and move with the module.
+    """
+
+    def __init__(self, vae: nn.Module, denoiser: nn.Module, text_encoder: nn.Module, tokenizer,
+                 alphas_cumprod: np.ndarray, name: str, resolution: int):
+        super().__init__(vae, denoiser, alphas_cumprod, name, resolution, default_guidance=SD_GUIDANCE)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.register_buffer("class_embeddings", torch.empty(0), persistent=False)
+        self.register_buffer("null_embedding", torch.empty(0), persistent=False)
+
+    @property
+    def supports_guidance(self) -> bool:
+        return True
+
+    def use_class_names(self, class_names: list[str], prompt: str, negative_prompt: str) -> None:
+        self.class_embeddings = self.embed([prompt.format(name=name) for name in class_names])
+        self.null_embedding = self.embed([negative_prompt])
+        self.num_classes = len(class_names)
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(self.device)
+        with torch.inference_mode():
+            return self.text_encoder(tokens)[0].to(self.dtype)
+
+    def conditions(self, labels: torch.Tensor, unconditional: bool) -> dict[str, torch.Tensor]:
+        if unconditional:
+            return {"encoder_hidden_states": self.null_embedding.expand(len(labels), -1, -1)}
+        return {"encoder_hidden_states": self.class_embeddings[labels]}
 
 
 def check_labels(prior: DiffusionPrior, labels: torch.Tensor) -> None:
@@ -104,8 +159,11 @@ def require_denoiser(prior: Prior, purpose: str) -> DiffusionPrior:
 
 
 def class_slots(denoiser: nn.Module) -> tuple[int, int | None]:
-    """(number of classes, null class) of a class-conditional diffusers model, from its config."""
+    """(number of classes, null class) of a class-conditional diffusers model, from its config; text-conditioned
+    models know no classes until `use_class_names`."""
     config = denoiser.config
+    if config.get("cross_attention_dim") and not config.get("num_class_embeds"):
+        return 0, None
     if config.get("num_embeds_ada_norm"):
         # DiT's label embedding always has one extra row, the null class used for guidance.
         return int(config.num_embeds_ada_norm), int(config.num_embeds_ada_norm)
@@ -123,36 +181,43 @@ def alphas_cumprod_of(scheduler_source: str, subfolder: str | None) -> np.ndarra
     return DDIMScheduler.from_config(config).alphas_cumprod.double().numpy()
 
 
-def _dit_source(arg: str) -> tuple[str, bool]:
-    """(path or hub id, is local) for `dit:ARG`, failing fast on a local directory without the layout."""
+def _pipeline_source(arg: str, model_folder: str, hint: str) -> tuple[str, bool]:
+    """(path or hub id, is local) of a diffusers pipeline layout, failing fast on a local directory without it."""
     path = Path(arg).expanduser()
     if path.is_dir():
-        missing = [f"{sub}/config.json" for sub in ("transformer", "vae") if not (path / sub / "config.json").is_file()]
+        missing = [f"{sub}/config.json" for sub in (model_folder, "vae") if not (path / sub / "config.json").is_file()]
         if not (path / "scheduler" / "scheduler_config.json").is_file():
             missing.append("scheduler/scheduler_config.json")
         if missing:
-            raise UserError(f"DiT directory {path} lacks {', '.join(missing)}: {_DIT_HINT}")
+            raise UserError(f"directory {path} lacks {', '.join(missing)}: {hint}")
         return str(path), True
     if path.exists() or arg.startswith(("/", ".", "~")) or arg.count("/") > 1:
-        raise UserError(f"DiT directory {path} does not exist: {_DIT_HINT}")
+        raise UserError(f"directory {path} does not exist: {hint}")
     return arg, False
 
 
-def _load_denoiser(source: str) -> nn.Module:
+def _load_denoiser(source: str, subfolder: str, hint: str) -> nn.Module:
     import diffusers
 
     try:
-        config = diffusers.DiTTransformer2DModel.load_config(source, subfolder="transformer")
+        config = diffusers.DiTTransformer2DModel.load_config(source, subfolder=subfolder)
     except (OSError, ValueError) as e:
-        raise UserError(f"could not read the denoiser config of {source!r} ({e}): {_DIT_HINT}") from e
-    class_name = config.get("_class_name", "DiTTransformer2DModel")
+        raise UserError(f"could not read the denoiser config of {source!r} ({e}): {hint}") from e
+    class_name = config.get("_class_name", "")
     cls = getattr(diffusers, class_name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
-        raise UserError(f"{source!r}: transformer/ holds a {class_name}, which diffusers does not have: {_DIT_HINT}")
+        raise UserError(f"{source!r}: {subfolder}/ holds a {class_name or 'model'} that diffusers does not have: {hint}")
     try:
-        return cls.from_pretrained(source, subfolder="transformer").float()
+        return cls.from_pretrained(source, subfolder=subfolder).float()
     except Exception as e:  # diffusers raises many types for bad weights; all mean the same to the user
-        raise UserError(f"could not load the {class_name} weights from {source!r} ({e}): {_DIT_HINT}") from e
+        raise UserError(f"could not load the {class_name} weights from {source!r} ({e}): {hint}") from e
+
+
+def _load_schedule(source: str, hint: str) -> np.ndarray:
+    try:
+        return alphas_cumprod_of(source, "scheduler")
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not read the scheduler config of {source!r} ({e}): {hint}") from e
 
 
 @PRIORS.register("dit")
@@ -160,15 +225,32 @@ def dit(arg: str | None, resolution: int | None) -> Prior:
     """Class-conditional latent DiT (or any diffusers class-conditional denoiser) with its VAE and scheduler."""
     if not arg:
         raise UserError(f"prior 'dit' needs a model: {_DIT_HINT}")
-    source, local = _dit_source(arg)
-    denoiser = _load_denoiser(source)
+    source, local = _pipeline_source(arg, "transformer", _DIT_HINT)
+    denoiser = _load_denoiser(source, "transformer", _DIT_HINT)
+    vae = load_vae(str(Path(source) / "vae") if local else source)
+    default_resolution = denoiser.config.sample_size * vae_downsample(vae)
+    return DiffusionPrior(vae, denoiser, _load_schedule(source, _DIT_HINT), "dit",
+                          default_resolution if resolution is None else resolution)
+
+
+@PRIORS.register("sd")
+def sd(arg: str | None, resolution: int | None) -> Prior:
+    """Stable Diffusion 1.x layout (vae/, unet/, text_encoder/, tokenizer/, scheduler/), class names as prompts."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    if not arg:
+        raise UserError(f"prior 'sd' needs a model: {_SD_HINT}")
+    source, local = _pipeline_source(arg, "unet", _SD_HINT)
+    denoiser = _load_denoiser(source, "unet", _SD_HINT)
     vae = load_vae(str(Path(source) / "vae") if local else source)
     try:
-        alphas = alphas_cumprod_of(source, "scheduler")
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder").float()
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
     except (OSError, ValueError) as e:
-        raise UserError(f"could not read the scheduler config of {source!r} ({e}): {_DIT_HINT}") from e
+        raise UserError(f"could not load the text encoder or tokenizer of {source!r} ({e}): {_SD_HINT}") from e
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)
-    return DiffusionPrior(vae, denoiser, alphas, "dit", default_resolution if resolution is None else resolution)
+    return TextDiffusionPrior(vae, denoiser, text_encoder, tokenizer, _load_schedule(source, _SD_HINT), "sd",
+                              default_resolution if resolution is None else resolution)
 
 
 def tiny_dit(num_classes: int = 1000, latent_side: int = TINY_RESOLUTION // 2) -> nn.Module:
@@ -206,3 +288,55 @@ def dit_tiny(arg: str | None, resolution: int | None) -> Prior:
     resolution = TINY_RESOLUTION if resolution is None else resolution
     return DiffusionPrior(tiny_autoencoder(), tiny_dit(latent_side=resolution // 2), linear_schedule(), "dit-tiny",
                           resolution)
+
+
+def tiny_clip(directory: Path) -> tuple[nn.Module, object]:
+    """A small random CLIP text encoder and a byte-level CLIP tokenizer with no merges (written to `directory`)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    # CLIP's byte-to-character table: printable bytes map to themselves, the rest to code points from 256 up.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=16, bos_token_id=len(tokens) - 2, eos_token_id=len(tokens) - 1,
+        ))
+    return encoder, tokenizer
+
+
+def tiny_unet(latent_side: int) -> nn.Module:
+    """A small random text-conditioned UNet on the tiny VAE's latents (cross-attention width 32)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return UNet2DConditionModel(
+            sample_size=latent_side, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        )
+
+
+def scaled_linear_schedule(train_timesteps: int = 1000) -> np.ndarray:
+    """Stable Diffusion's training schedule: sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012)."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, train_timesteps, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+@PRIORS.register("sd-tiny")
+def sd_tiny(arg: str | None, resolution: int | None) -> Prior:
+    """The tiny VAE with a small random text-conditioned UNet, CLIP text encoder and SD's schedule, for tests."""
+    if arg is not None:
+        raise UserError(f"prior 'sd-tiny' takes no argument; got sd-tiny:{arg}: pass just 'sd-tiny'")
+    resolution = TINY_RESOLUTION if resolution is None else resolution
+    with tempfile.TemporaryDirectory() as folder:
+        encoder, tokenizer = tiny_clip(Path(folder))
+    return TextDiffusionPrior(tiny_autoencoder(), tiny_unet(resolution // 2), encoder, tokenizer,
+                              scaled_linear_schedule(), "sd-tiny", resolution)

@@ -17,7 +17,8 @@ from raydistill.config import inverts
 from raydistill.data import decode_dataset
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
-from raydistill.priors import load_prior
+from raydistill.priors import Prior, load_prior
+from raydistill.priors.diffusion import DiffusionPrior
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
 from raydistill.synthesize.ddim import invert_latents
@@ -29,6 +30,22 @@ def model_device(num_cpus: float) -> tuple[torch.device, torch.dtype]:
         return torch.device("cuda"), torch.bfloat16
     torch.set_num_threads(max(1, int(num_cpus)))
     return torch.device("cpu"), torch.float32
+
+
+def actor_prior(prior_spec: str, resolution: int, num_cpus: float, classes: dict | None = None) -> Prior:
+    """The prior on this actor's device and dtype, told the dataset's classes (`classes`: the keyword arguments
+    of `DiffusionPrior.use_class_names`) where it is a diffusion prior."""
+    device, dtype = model_device(num_cpus)
+    prior = load_prior(prior_spec, resolution).to(device, dtype).eval()
+    if isinstance(prior, DiffusionPrior) and classes is not None:
+        prior.use_class_names(**classes)
+    return prior
+
+
+def class_conditioning(ctx: Context) -> dict:
+    """`actor_prior`'s `classes` for this run."""
+    cfg = ctx.config.prior
+    return {"class_names": ctx.class_names, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt}
 
 
 def fixed_size_list(rows: np.ndarray) -> pa.FixedSizeListArray:
@@ -47,10 +64,11 @@ class Encoder:
     `inversion` ({"t_end", "steps", "guidance"} of `invert_latents`) also writes each latent's DDIM inversion.
     """
 
-    def __init__(self, prior_spec: str, resolution: int, num_cpus: float, run: str, inversion: dict | None = None):
-        self.device, self.dtype = model_device(num_cpus)
+    def __init__(self, prior_spec: str, resolution: int, num_cpus: float, run: str, inversion: dict | None = None,
+                 classes: dict | None = None):
+        self.prior = actor_prior(prior_spec, resolution, num_cpus, classes)
+        self.device = self.prior.device
         self.run = run
-        self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
         self.resolution = resolution
         self.inversion = inversion
 
@@ -94,7 +112,7 @@ def run(ctx: Context) -> StageOutput:
         Encoder,
         fn_constructor_kwargs={
             "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus, "run": ctx.rundir.name,
-            "inversion": inversion_settings(ctx),
+            "inversion": inversion_settings(ctx), "classes": class_conditioning(ctx),
         },
         compute=ActorPoolStrategy(size=cfg.encode.actors),
         batch_size=cfg.encode.batch_size,

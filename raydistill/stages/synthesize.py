@@ -24,10 +24,9 @@ from raydistill.data import decode_dataset
 from raydistill.errors import UserError
 from raydistill.imaging import png_bytes, to_uint8
 from raydistill.metrics import count
-from raydistill.priors import load_prior
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
-from raydistill.stages.encode import model_device
+from raydistill.stages.encode import actor_prior, class_conditioning
 from raydistill.synthesize.ddim import sample_latents
 
 DECODERS = ("nearest", "decoder", "ddim")
@@ -52,10 +51,10 @@ class Decoder:
     """
 
     def __init__(self, prior_spec: str, resolution: int, latent_shape: list[int], image_size: int, num_cpus: float,
-                 run: str, sampling: dict | None = None):
-        self.device, self.dtype = model_device(num_cpus)
+                 run: str, sampling: dict | None = None, classes: dict | None = None):
+        self.prior = actor_prior(prior_spec, resolution, num_cpus, classes)
+        self.device = self.prior.device
         self.run = run
-        self.prior = load_prior(prior_spec, resolution).to(self.device, self.dtype).eval()
         self.latent_shape, self.image_size = tuple(latent_shape), image_size
         self.sampling = sampling
 
@@ -128,7 +127,7 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
             fn_constructor_kwargs={
                 "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
                 "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.rundir.name,
-                "sampling": sampling_settings(ctx) if decode == "ddim" else None,
+                "sampling": sampling_settings(ctx) if decode == "ddim" else None, "classes": class_conditioning(ctx),
             },
             compute=ActorPoolStrategy(size=cfg.synthesize.actors),
             batch_size=cfg.synthesize.batch_size,
