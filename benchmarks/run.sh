@@ -15,3 +15,7 @@ for method in ddoq kmeans; do
     --teacher cifar-resnet56:../shared/weights/cifar10-resnet/resnet56.safetensors \
     --student convnet3 --ipc 10 --max-per-class 500 --method "$method" --out "runs/bench-c10-$method"
 done
+
+# Issue 3: D3HR group sampling at ImageNet shapes, and encode + invert / sample + decode per actor.
+.venv/bin/python -m benchmarks.group_sampling --candidates 100000
+.venv/bin/python -m benchmarks.invert_throughput

@@ -25,6 +25,8 @@ GAUGES = {
     "raydistill_train_epoch": "Epochs finished by the student being trained",
     "raydistill_train_loss": "Weighted training loss of the last epoch",
     "raydistill_train_images_per_second": "Training throughput of the last epoch, all workers",
+    "raydistill_prior_train_step": "Optimiser steps done by `prior train`",
+    "raydistill_prior_train_loss": "Denoising loss of `prior train` since its last checkpoint",
 }
 
 
