@@ -33,6 +33,7 @@ def dit_xl_prior():
     from diffusers import AutoencoderKL
 
     from raydistill.priors.base import PRIORS
+    from raydistill.priors.autoencoders import DiffusersVAEPrior
     from raydistill.priors.diffusion import DiffusionPrior, linear_schedule
 
     def build(arg, resolution):
@@ -48,7 +49,7 @@ def dit_xl_prior():
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                             scaling_factor=0.18215)
-        return DiffusionPrior(vae, dit, linear_schedule(), "dit-xl-random", 256)
+        return DiffusionPrior(DiffusersVAEPrior(vae, "vae", 256), dit, linear_schedule(), "dit-xl-random")
 
     if "dit-xl-random" not in PRIORS.names():
         PRIORS.register("dit-xl-random")(build)

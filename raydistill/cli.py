@@ -145,6 +145,60 @@ def verify(run_dir: str) -> None:
         raise click.exceptions.Exit(1)
 
 
+@cli.group()
+def prior() -> None:
+    """Train a class-conditional DiT prior on a run's latents, or measure one."""
+
+
+@prior.command("train")
+@click.option("--latents", required=True, help="RUN_DIR/latents of a run whose encode finished.")
+@click.option("--out", required=True, help="Prior directory to write (loads as --prior dit:OUT); reruns resume.")
+@click.option("--init", help="Fine-tune this DiT (a dit: directory or hub id) instead of training from scratch.")
+@click.option("--preset", default="cifar-cpu", show_default=True,
+              help="Model size: tiny, cifar-cpu, dit-s, dit-b, dit-xl.")
+@click.option("--steps", type=int, default=20_000, show_default=True, help="Optimiser steps per worker.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Latents per step per worker.")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--ema-decay", type=float, default=0.999, show_default=True)
+@click.option("--label-dropout", type=float, default=0.1, show_default=True,
+              help="Share of labels replaced by the null class, for classifier-free guidance.")
+@click.option("--holdout", type=float, default=0.02, show_default=True,
+              help="Share of images kept out of training for `prior eval`.")
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray).")
+def prior_train(latents: str, out: str, workers: int, address: str | None, **settings: Any) -> None:
+    """Train (or fine-tune) a class-conditional latent DiT with Ray Train; write a dit:DIR prior."""
+    from raydistill.config import RayConfig
+    from raydistill.stages.cluster import connect
+    from raydistill.stages.prior_train import PriorTrainSettings, check_settings, train_prior
+
+    prior_settings = PriorTrainSettings(**settings)
+    check_settings(prior_settings, workers)
+    connect(RayConfig(address=address))
+    info = train_prior(latents, out, prior_settings, workers=workers)
+    click.echo(f"trained {info['steps']} steps (resumed from {info['resumed_from_step']}), "
+               f"loss {info['final_loss']:.4f}, {info['seconds']:.0f} s; load it with --prior dit:{out}")
+
+
+@prior.command("eval")
+@click.argument("directory")
+@click.option("--teacher", required=True, help='Classifier of the classes, e.g. "cifar-resnet56:FILE".')
+@click.option("--samples-per-class", type=int, default=20, show_default=True)
+@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps over the schedule.")
+@click.option("--guidance", type=float, default=4.0, show_default=True)
+@click.option("--image-size", type=int, default=32, show_default=True, help="Side the teacher sees.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def prior_eval(directory: str, teacher: str, samples_per_class: int, steps: int, guidance: float, image_size: int,
+               seed: int) -> None:
+    """Teacher top-1 on class-conditional samples of a trained prior, and its denoising loss on held-out latents."""
+    from raydistill.priors.evaluation import evaluate_prior
+
+    result = evaluate_prior(directory, teacher, samples_per_class, steps, guidance, image_size, seed)
+    click.echo(json.dumps(result, indent=2))
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, without a traceback."""
     try:

@@ -34,7 +34,7 @@ def saved_dit(tmp_path_factory) -> Path:
     prior = load_prior("dit-tiny")
     root = tmp_path_factory.mktemp("dit")
     prior.denoiser.save_pretrained(root / "transformer")
-    prior.vae.save_pretrained(root / "vae")
+    prior.autoencoder.vae.save_pretrained(root / "vae")
     DDIMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False).save_pretrained(
         root / "scheduler")
     return root
@@ -50,7 +50,7 @@ def saved_sd(tmp_path_factory) -> Path:
     prior = load_prior("sd-tiny")
     root = tmp_path_factory.mktemp("sd")
     prior.denoiser.save_pretrained(root / "unet")
-    prior.vae.save_pretrained(root / "vae")
+    prior.autoencoder.vae.save_pretrained(root / "vae")
     prior.text_encoder.save_pretrained(root / "text_encoder")
     prior.tokenizer.save_pretrained(root / "tokenizer")
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).save_pretrained(

@@ -106,13 +106,13 @@ def test_autoencoder_only_prior_cannot_invert_and_labels_must_be_known(dit_tiny)
 def test_model_without_null_class_refuses_guidance():
     from diffusers import UNet2DModel
 
-    from raydistill.priors.autoencoders import tiny_autoencoder
+    from raydistill.priors.autoencoders import DiffusersVAEPrior, tiny_autoencoder
     from raydistill.priors.diffusion import DiffusionPrior, linear_schedule
 
     unet = UNet2DModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 32),
                        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
                        layers_per_block=1, num_class_embeds=10, norm_num_groups=8)
-    prior = DiffusionPrior(tiny_autoencoder(), unet, linear_schedule(), "unet", 32)
+    prior = DiffusionPrior(DiffusersVAEPrior(tiny_autoencoder(), "tiny", 32), unet, linear_schedule(), "unet")
     x = torch.randn(2, 4, 16, 16)
     assert prior.predict_noise(x, 100, torch.tensor([0, 9]), 1.0).shape == x.shape
     with pytest.raises(UserError, match="no null class"):

@@ -19,8 +19,10 @@ from raydistill.errors import UserError
 from raydistill.priors.autoencoders import (
     TINY_RESOLUTION, DiffusersVAEPrior, load_vae, tiny_autoencoder, vae_downsample,
 )
-from raydistill.priors.base import PRIORS, Prior
+from raydistill.priors.base import PRIORS, Prior, load_prior
 
+# A prior trained by `raydistill prior train` names its autoencoder here instead of holding a vae/ folder.
+AUTOENCODER_FILE = "autoencoder.json"
 # Classifier-free guidance scales: D3HR's and DsCo's for DiT, D4M's img2img for Stable Diffusion.
 DIT_GUIDANCE = 4.0
 SD_GUIDANCE = 8.0
@@ -30,10 +32,13 @@ _DIT_HINT = ("pass dit:DIR with a local directory laid out as facebook/DiT-XL-2-
              "or dit:HUB_ID")
 
 
-class DiffusionPrior(DiffusersVAEPrior):
-    """A diffusers VAE with a class-conditional noise-prediction model on its (scaled) latents.
+class DiffusionPrior(Prior):
+    """An autoencoder prior with a class-conditional noise-prediction model on its latents.
 
     Attributes:
+        autoencoder: the prior that maps images to latents and back (a diffusers VAE, or any other prior).
+        latent_scale: factor applied to the autoencoder's latents before the denoiser sees them (1 for a diffusers
+            VAE, whose config already scales them; 1 / RMS for priors trained here on another autoencoder).
         denoiser: predicts the noise in a latent at a timestep, given class labels.
         alphas_cumprod: (T,) float64 cumulative products of 1 - beta of the training schedule (kept in float64 and
             off the module's dtype, since DDIM steps need it exact even when the model runs in bf16).
@@ -42,9 +47,12 @@ class DiffusionPrior(DiffusersVAEPrior):
         default_guidance: guidance scale used where the config leaves it unset.
     """
 
-    def __init__(self, vae: nn.Module, denoiser: nn.Module, alphas_cumprod: np.ndarray, name: str, resolution: int,
-                 default_guidance: float = DIT_GUIDANCE):
-        super().__init__(vae, name, resolution)
+    def __init__(self, autoencoder: Prior, denoiser: nn.Module, alphas_cumprod: np.ndarray, name: str,
+                 default_guidance: float = DIT_GUIDANCE, latent_scale: float = 1.0):
+        super().__init__(name, autoencoder.resolution, autoencoder.downsample, autoencoder.latent_shape[0])
+        resolution = autoencoder.resolution
+        self.autoencoder = autoencoder
+        self.latent_scale = latent_scale
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
         self.num_classes, self.null_class = class_slots(denoiser)
@@ -55,6 +63,12 @@ class DiffusionPrior(DiffusersVAEPrior):
                 f"prior {name!r}: its denoiser works on {side}x{side} latents, which the VAE gives at "
                 f"{side * self.downsample} px, not {resolution}: pass --set prior.resolution={side * self.downsample}"
             )
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder._encode(images) * self.latent_scale
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder._decode(latents / self.latent_scale)
 
     @property
     def train_timesteps(self) -> int:
@@ -114,9 +128,9 @@ class TextDiffusionPrior(DiffusionPrior):
     prompt. The prompt embeddings are computed once by `use_class_names` and move with the module.
     """
 
-    def __init__(self, vae: nn.Module, denoiser: nn.Module, text_encoder: nn.Module, tokenizer,
-                 alphas_cumprod: np.ndarray, name: str, resolution: int):
-        super().__init__(vae, denoiser, alphas_cumprod, name, resolution, default_guidance=SD_GUIDANCE)
+    def __init__(self, autoencoder: Prior, denoiser: nn.Module, text_encoder: nn.Module, tokenizer,
+                 alphas_cumprod: np.ndarray, name: str):
+        super().__init__(autoencoder, denoiser, alphas_cumprod, name, default_guidance=SD_GUIDANCE)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.register_buffer("class_embeddings", torch.empty(0), persistent=False)
@@ -185,7 +199,8 @@ def _pipeline_source(arg: str, model_folder: str, hint: str) -> tuple[str, bool]
     """(path or hub id, is local) of a diffusers pipeline layout, failing fast on a local directory without it."""
     path = Path(arg).expanduser()
     if path.is_dir():
-        missing = [f"{sub}/config.json" for sub in (model_folder, "vae") if not (path / sub / "config.json").is_file()]
+        missing = [f"{sub}/config.json" for sub in (model_folder, "vae") if not (path / sub / "config.json").is_file()
+                   and not (sub == "vae" and (path / AUTOENCODER_FILE).is_file())]
         if not (path / "scheduler" / "scheduler_config.json").is_file():
             missing.append("scheduler/scheduler_config.json")
         if missing:
@@ -206,7 +221,8 @@ def _load_denoiser(source: str, subfolder: str, hint: str) -> nn.Module:
     class_name = config.get("_class_name", "")
     cls = getattr(diffusers, class_name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
-        raise UserError(f"{source!r}: {subfolder}/ holds a {class_name or 'model'} that diffusers does not have: {hint}")
+        raise UserError(f"{source!r}: {subfolder}/ holds a {class_name or 'model'} that diffusers does not have: "
+                        f"{hint}")
     try:
         return cls.from_pretrained(source, subfolder=subfolder).float()
     except Exception as e:  # diffusers raises many types for bad weights; all mean the same to the user
@@ -227,10 +243,16 @@ def dit(arg: str | None, resolution: int | None) -> Prior:
         raise UserError(f"prior 'dit' needs a model: {_DIT_HINT}")
     source, local = _pipeline_source(arg, "transformer", _DIT_HINT)
     denoiser = _load_denoiser(source, "transformer", _DIT_HINT)
+    alphas = _load_schedule(source, _DIT_HINT)
+    pointer = Path(source) / AUTOENCODER_FILE
+    if local and pointer.is_file():  # trained by `raydistill prior train` on another prior's latents
+        settings = json.loads(pointer.read_text())
+        autoencoder = load_prior(settings["prior"], settings.get("resolution") if resolution is None else resolution)
+        return DiffusionPrior(autoencoder, denoiser, alphas, "dit", latent_scale=settings["latent_scale"])
     vae = load_vae(str(Path(source) / "vae") if local else source)
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)
-    return DiffusionPrior(vae, denoiser, _load_schedule(source, _DIT_HINT), "dit",
-                          default_resolution if resolution is None else resolution)
+    return DiffusionPrior(DiffusersVAEPrior(vae, "vae", default_resolution if resolution is None else resolution),
+                          denoiser, alphas, "dit")
 
 
 @PRIORS.register("sd")
@@ -249,8 +271,8 @@ def sd(arg: str | None, resolution: int | None) -> Prior:
     except (OSError, ValueError) as e:
         raise UserError(f"could not load the text encoder or tokenizer of {source!r} ({e}): {_SD_HINT}") from e
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)
-    return TextDiffusionPrior(vae, denoiser, text_encoder, tokenizer, _load_schedule(source, _SD_HINT), "sd",
-                              default_resolution if resolution is None else resolution)
+    autoencoder = DiffusersVAEPrior(vae, "vae", default_resolution if resolution is None else resolution)
+    return TextDiffusionPrior(autoencoder, denoiser, text_encoder, tokenizer, _load_schedule(source, _SD_HINT), "sd")
 
 
 def tiny_dit(num_classes: int = 1000, latent_side: int = TINY_RESOLUTION // 2) -> nn.Module:
@@ -286,8 +308,8 @@ def dit_tiny(arg: str | None, resolution: int | None) -> Prior:
     if arg is not None:
         raise UserError(f"prior 'dit-tiny' takes no argument; got dit-tiny:{arg}: pass just 'dit-tiny'")
     resolution = TINY_RESOLUTION if resolution is None else resolution
-    return DiffusionPrior(tiny_autoencoder(), tiny_dit(latent_side=resolution // 2), linear_schedule(), "dit-tiny",
-                          resolution)
+    return DiffusionPrior(DiffusersVAEPrior(tiny_autoencoder(), "tiny", resolution),
+                          tiny_dit(latent_side=resolution // 2), linear_schedule(), "dit-tiny")
 
 
 def tiny_clip(directory: Path) -> tuple[nn.Module, object]:
@@ -319,7 +341,8 @@ def tiny_unet(latent_side: int) -> nn.Module:
         torch.manual_seed(0)
         return UNet2DConditionModel(
             sample_size=latent_side, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
         )
 
@@ -338,5 +361,5 @@ def sd_tiny(arg: str | None, resolution: int | None) -> Prior:
     resolution = TINY_RESOLUTION if resolution is None else resolution
     with tempfile.TemporaryDirectory() as folder:
         encoder, tokenizer = tiny_clip(Path(folder))
-    return TextDiffusionPrior(tiny_autoencoder(), tiny_unet(resolution // 2), encoder, tokenizer,
-                              scaled_linear_schedule(), "sd-tiny", resolution)
+    return TextDiffusionPrior(DiffusersVAEPrior(tiny_autoencoder(), "tiny", resolution), tiny_unet(resolution // 2),
+                              encoder, tokenizer, scaled_linear_schedule(), "sd-tiny")

@@ -1,0 +1,237 @@
+"""prior train: a class-conditional latent DiT trained on a run's latents/ with Ray Train; writes a `dit:DIR` prior.
+
+Each worker reads its shard of the latents through Ray Data and runs the same number of steps. Checkpoints (model,
+EMA, optimiser, step) go to OUT/train_state every `checkpoint_every` steps; rerunning the same command resumes from
+the last one, and a worker that dies is replaced and continues from it (FailureConfig).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raydistill.errors import UserError
+from raydistill.metrics import record
+from raydistill.priors.training import (
+    build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
+    schedule_alphas, write_prior_directory,
+)
+from raydistill.stages.cluster import cluster_cpus, cluster_gpus
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class PriorTrainSettings:
+    """Attributes:
+    preset: a DIT_PRESETS name (ignored with `init`).
+    init: a `dit:` directory or hub id whose transformer is fine-tuned instead of a fresh one.
+    steps: optimiser steps per worker.
+    batch_size: latents per step per worker.
+    lr, weight_decay: AdamW.
+    ema_decay: decay of the EMA weights that are written.
+    label_dropout: share of labels replaced by the null class (classifier-free guidance).
+    holdout: share of images (by a hash of the id) kept out of training for `prior eval`'s loss.
+    checkpoint_every: steps between checkpoints (the last step is always checkpointed).
+    seed: initialisation and noise.
+    """
+
+    preset: str = "cifar-cpu"
+    init: str | None = None
+    steps: int = 20_000
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    holdout: float = 0.02
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+
+def check_settings(settings: PriorTrainSettings, workers: int) -> None:
+    """Values a user can get wrong, checked before Ray starts."""
+    for name in ("steps", "batch_size", "checkpoint_every"):
+        if getattr(settings, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(settings, name)}")
+    if workers <= 0:
+        raise UserError(f"--workers must be positive, got {workers}")
+    for name in ("ema_decay", "label_dropout", "holdout"):
+        if not 0 <= getattr(settings, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(settings, name)}")
+
+
+def read_latent_run(latents: str) -> dict:
+    """What the run that wrote `latents` says about them: the prior spec, resolution, latent shape, classes."""
+    folder = Path(latents).expanduser().resolve()
+    marker, run = folder / "_SUCCESS.json", folder.parent
+    if not marker.is_file():
+        raise UserError(f"{folder} is not a finished encode stage (no _SUCCESS.json): pass --latents RUN_DIR/latents "
+                        f"of a run whose encode finished (`raydistill encode --out RUN_DIR ...`)")
+    config = json.loads((run / "config.json").read_text())
+    return {
+        "folder": str(folder),
+        "prior": config["prior"]["spec"],
+        "resolution": config["prior"]["resolution"],
+        "latent_shape": tuple(json.loads(marker.read_text())["latent_shape"]),
+        "class_names": json.loads((run / "class_names.json").read_text()),
+    }
+
+
+def latent_scale(folder: str, rows: int = 20_000) -> float:
+    """1 / RMS of the latents (from the first `rows`), so the DiT trains on unit-variance latents."""
+    squares, count = 0.0, 0
+    for file in sorted(Path(folder).rglob("*.parquet")):
+        column = pq.read_table(file, columns=["latent"]).column("latent").combine_chunks()
+        values = column.flatten().to_numpy().astype(np.float64)
+        squares, count = squares + float((values**2).sum()), count + len(values)
+        if count >= rows * column.type.list_size:
+            break
+    return float(1.0 / np.sqrt(squares / max(count, 1)))
+
+
+def training_rows(batch: dict[str, np.ndarray], holdout: float) -> dict[str, np.ndarray]:
+    """Drops held-out rows and turns the latents into one (N, D) float32 array; labels come from the partition
+    folders (`label=3/`) as strings."""
+    keep = np.array([not is_held_out(i, holdout) for i in batch["id"]], dtype=bool)
+    latents = np.stack(batch["latent"][keep]) if keep.any() else np.zeros((0, 0), np.float32)
+    return {"latent": latents.astype(np.float32), "label": batch["label"][keep].astype(np.int64)}
+
+
+def training_dataset(folder: str, holdout: float) -> ray.data.Dataset:
+    """The latents not held out, as (latent (N, D) float32, label) batches."""
+    ds = ray.data.read_parquet(folder, file_extensions=["parquet"]).select_columns(["id", "latent", "label"])
+    return ds.map_batches(training_rows, fn_kwargs={"holdout": holdout}, batch_format="numpy")
+
+
+def prior_train_worker(config: dict) -> None:
+    settings: PriorTrainSettings = config["settings"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(config["threads_per_worker"])
+    device = ray.train.torch.get_device()
+    torch.manual_seed(settings.seed)
+    model = config["build"]()
+    disable_builtin_label_dropout(model)
+    ema = ema_copy(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    step, losses = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+    start_step = step
+    ema.to(device)
+    model = ray.train.torch.prepare_model(model)
+    plain = model.module if hasattr(model, "module") else model
+    alphas = torch.tensor(config["alphas"], dtype=torch.float32, device=device)
+    generator = torch.Generator(device).manual_seed(settings.seed * 1_000_003 + rank * 7919 + step)
+    shard = ray.train.get_dataset_shard("train")
+    scale, shape = config["latent_scale"], config["latent_shape"]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    started = time.perf_counter()
+    while step < settings.steps:
+        for batch in shard.iter_torch_batches(batch_size=settings.batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=4 * settings.batch_size, device=device):
+            latents = batch["latent"].view(-1, *shape) * scale
+            with autocast:
+                loss = denoising_loss(model, latents, batch["label"], alphas, config["null_class"],
+                                      settings.label_dropout, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema_update(ema, plain, ema_decay_at(step, settings.ema_decay))
+            step += 1
+            losses.append(float(loss))
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                seconds = time.perf_counter() - started
+                metrics = {"step": step, "loss": float(np.mean(losses)), "start_step": start_step,
+                           "steps_per_second": (step - start_step) / seconds}
+                if rank == 0:
+                    record("raydistill_prior_train_step", step, stage="prior-train", run=config["name"])
+                    record("raydistill_prior_train_loss", metrics["loss"], stage="prior-train", run=config["name"])
+                with tempfile.TemporaryDirectory() as folder:
+                    if rank == 0:
+                        torch.save({"model": plain.state_dict(), "ema": ema.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "step": step},
+                                   os.path.join(folder, STATE_FILE))
+                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
+                losses = []
+            if step >= settings.steps:
+                break
+
+
+def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: int = 1,
+                use_gpu: bool | None = None) -> dict:
+    """Trains a DiT on the latents of a finished encode stage and writes a `dit:OUT` prior directory.
+
+    Returns:
+        training.json's content: steps, final loss, seconds, the step it resumed from, the settings.
+    """
+    run = read_latent_run(latents)
+    num_classes = len(run["class_names"])
+    shape = run["latent_shape"]
+    if settings.init is not None:
+        from raydistill.priors import load_prior
+
+        base = load_prior(f"dit:{settings.init}" if not settings.init.startswith("dit:") else settings.init)
+
+        def build():
+            return ema_copy(base.denoiser).train().requires_grad_(True)
+
+        null_class = base.null_class
+    else:
+        build_dit(settings.preset, shape, num_classes)  # fail on a bad preset before Ray starts
+
+        def build():
+            return build_dit(settings.preset, shape, num_classes)
+
+        null_class = num_classes
+    scale = latent_scale(run["folder"])
+    use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
+    # One CPU stays free for Ray Data's read tasks; the workers' torch threads still use every core, since reading
+    # is light next to training.
+    cpus_per_worker = 1 if use_gpu else max(1, (int(cluster_cpus()) - 1) // workers)
+    threads_per_worker = 1 if use_gpu else max(1, int(cluster_cpus()) // workers)
+    out_path = Path(out).expanduser().resolve()
+    trainer = TorchTrainer(
+        prior_train_worker,
+        train_loop_config={"settings": settings, "build": build, "alphas": schedule_alphas().astype(np.float32),
+                           "null_class": null_class, "latent_scale": scale, "latent_shape": shape,
+                           "threads_per_worker": threads_per_worker, "name": out_path.name},
+        datasets={"train": training_dataset(run["folder"], settings.holdout)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name="prior", storage_path=str(out_path / "train_state"),
+                             failure_config=FailureConfig(max_failures=3),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+    ema = build()
+    ema.load_state_dict(state["ema"])
+    info = {"steps": state["step"], "final_loss": result.metrics["loss"],
+            "resumed_from_step": result.metrics["start_step"], "seconds": round(time.perf_counter() - started, 1),
+            "steps_per_second": result.metrics["steps_per_second"], "latents": run["folder"],
+            "num_classes": num_classes, "class_names": run["class_names"], "settings": asdict(settings),
+            "workers": workers}
+    write_prior_directory(out_path, ema, run["prior"], run["resolution"], scale, info)
+    return info

@@ -1,0 +1,115 @@
+"""`raydistill prior train` and `prior eval`: the loss falls, a killed training resumes, the output loads as a prior."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raydistill.errors import UserError
+from raydistill.priors import load_prior
+from raydistill.priors.diffusion import DiffusionPrior
+from raydistill.priors.training import (
+    build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
+    schedule_alphas,
+)
+
+RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
+TEACHER = Path(__file__).resolve().parents[1].parent / "shared/weights/cifar10-resnet/resnet56.safetensors"
+
+
+def test_a_few_steps_lower_the_loss_and_the_ema_follows():
+    torch.manual_seed(0)
+    model = build_dit("tiny", (4, 8, 8), num_classes=3)
+    disable_builtin_label_dropout(model)
+    ema = ema_copy(model)
+    alphas = torch.tensor(schedule_alphas(), dtype=torch.float32)
+    labels = torch.arange(3).repeat(16)
+    latents = labels.view(-1, 1, 1, 1).float() - 1 + 0.1 * torch.randn(48, 4, 8, 8)  # one mode per class
+
+    def held_out_loss(m):
+        with torch.no_grad():
+            return float(denoising_loss(m, latents, labels, alphas, 3, 0.0, torch.Generator().manual_seed(1)))
+
+    before = held_out_loss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(60):
+        loss = denoising_loss(model, latents, labels, alphas, 3, 0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ema_update(ema, model, ema_decay_at(step, 0.99))
+    assert held_out_loss(model) < 0.7 * before
+    assert held_out_loss(ema) < before
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_holdout_split_is_stable_and_about_the_share():
+    ids = [f"img-{i}" for i in range(20_000)]
+    held = [i for i in ids if is_held_out(i, 0.05)]
+    assert 0.04 < len(held) / len(ids) < 0.06
+    assert held == [i for i in ids if is_held_out(i, 0.05)]
+    assert not any(is_held_out(i, 0.0) for i in ids[:100])
+
+
+def test_bad_presets_are_named():
+    with pytest.raises(UserError, match="unknown DiT preset 'huge'; valid presets: tiny, cifar-cpu"):
+        build_dit("huge", (4, 8, 8), 10)
+    with pytest.raises(UserError, match="do not divide"):
+        build_dit("tiny", (4, 7, 7), 10)
+
+
+@pytest.fixture(scope="module")
+def encoded_digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoded") / "digits"
+    subprocess.run([RAYDISTILL, "encode", "--prior", "tiny", "--max-per-class", "20", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    return out
+
+
+def test_killed_prior_training_resumes_and_writes_a_loadable_prior(encoded_digits, tmp_path):
+    out = tmp_path / "prior"
+    command = [RAYDISTILL, "prior", "train", "--latents", str(encoded_digits / "latents"), "--out", str(out),
+               "--preset", "tiny", "--steps", "40", "--checkpoint-every", "10", "--batch-size", "16"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(out.glob("train_state/prior/checkpoint_*")):
+        assert process.poll() is None and time.time() < deadline, "prior training never wrote a checkpoint"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "training.json").exists()
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    info = json.loads((out / "training.json").read_text())
+    assert info["steps"] == 40 and 10 <= info["resumed_from_step"] < 40 and info["num_classes"] == 10
+
+    prior = load_prior(f"dit:{out}")
+    assert isinstance(prior, DiffusionPrior) and prior.num_classes == 10 and prior.null_class == 10
+    pointer = json.loads((out / "autoencoder.json").read_text())
+    assert pointer["prior"] == "tiny" and prior.latent_scale == pointer["latent_scale"]
+    assert prior.latent_shape == (4, 16, 16)
+    images = torch.rand(2, 3, 32, 32)
+    latents = prior.encode(images)
+    torch.testing.assert_close(latents, prior.autoencoder.encode(images) * prior.latent_scale)
+    assert prior.predict_noise(latents, 500, torch.tensor([0, 9]), 4.0).shape == latents.shape
+
+    if TEACHER.is_file():
+        evaluated = subprocess.run([RAYDISTILL, "prior", "eval", str(out), "--teacher", f"cifar-resnet56:{TEACHER}",
+                                    "--samples-per-class", "2", "--steps", "10"],
+                                   check=True, capture_output=True, text=True, timeout=300)
+        result = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+        assert 0 <= result["teacher_top1"] <= 100 and len(result["per_class_top1"]) == 10
+        assert result["heldout_latents"] > 0 and np.isfinite(result["heldout_loss"])
+
+
+def test_latents_of_an_unfinished_run_are_refused(tmp_path):
+    (tmp_path / "latents").mkdir()
+    result = subprocess.run([RAYDISTILL, "prior", "train", "--latents", str(tmp_path / "latents"), "--out",
+                             str(tmp_path / "p")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is not a finished encode stage" in result.stderr
