@@ -50,7 +50,6 @@ class DiffusionPrior(Prior):
     def __init__(self, autoencoder: Prior, denoiser: nn.Module, alphas_cumprod: np.ndarray, name: str,
                  default_guidance: float = DIT_GUIDANCE, latent_scale: float = 1.0):
         super().__init__(name, autoencoder.resolution, autoencoder.downsample, autoencoder.latent_shape[0])
-        resolution = autoencoder.resolution
         self.autoencoder = autoencoder
         self.latent_scale = latent_scale
         self.denoiser = denoiser.eval().requires_grad_(False)
@@ -61,7 +60,8 @@ class DiffusionPrior(Prior):
         if side is not None and side != self.latent_shape[1]:
             raise UserError(
                 f"prior {name!r}: its denoiser works on {side}x{side} latents, which the VAE gives at "
-                f"{side * self.downsample} px, not {resolution}: pass --set prior.resolution={side * self.downsample}"
+                f"{side * self.downsample} px, not {self.resolution}: pass --set prior.resolution="
+                f"{side * self.downsample}"
             )
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -110,8 +110,8 @@ class DiffusionPrior(Prior):
                 raise UserError(f"prior {self.name!r} has no null class for classifier-free guidance: "
                                 f"set the guidance to 1 (e.g. --set encode.guidance=1 --set synthesize.guidance=1)")
             x = torch.cat([x, x])
-            unconditional = self.conditions(labels, unconditional=True)
-            conditions = {key: torch.cat([value, unconditional[key]]) for key, value in conditions.items()}
+            no_class = self.conditions(labels, unconditional=True)
+            conditions = {key: torch.cat([value, no_class[key]]) for key, value in conditions.items()}
         timesteps = torch.full((len(x),), timestep, device=self.device, dtype=torch.long)
         # Models that also learn the variance (DiT-XL/2) return 2C channels; the first C are the noise.
         noise = self.denoiser(x, timesteps, **conditions).sample[:, : self.latent_shape[0]].float()
