@@ -103,6 +103,8 @@ class QuantizeConfig:
         restarts: k-means runs per class; the one with the lowest distortion is kept.
         candidates: d3hr's number of candidate groups per class (the paper's m).
         score_weights: d3hr's weights of the mean, std and skew terms of a group's score.
+        allow_fewer: a class with fewer usable images than `ipc` gets one prototype per image instead of failing
+            the run (its images are then all kept, as a random subset would keep them).
         classes_per_task: classes handled by one Ray task (larger amortises task start-up on many small classes).
     """
 
@@ -113,6 +115,7 @@ class QuantizeConfig:
     restarts: int = 1
     candidates: int = 1_000_000
     score_weights: tuple[float, ...] = (1.0, 1.0, 0.5)
+    allow_fewer: bool = False
     classes_per_task: int = resource(1)
 
 

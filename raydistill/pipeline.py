@@ -184,7 +184,7 @@ def prepare(config: RunConfig) -> Context:
             train_source.iter_index(), config.data.max_per_class, config.data.subset_seed
         )
     class_names = train_source.class_names
-    check_class_sizes(counts, class_names, config.quantize.ipc)
+    check_class_sizes(counts, class_names, config.quantize.ipc, config.quantize.allow_fewer)
     if config.train.teacher:
         load_teacher(config.train.teacher, len(class_names))
     prior = load_prior(config.prior.spec, config.prior.resolution)

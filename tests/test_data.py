@@ -25,6 +25,7 @@ from raydistill.data import (
     decode_image,
     open_source,
 )
+from raydistill.data.transforms import SkippedImage
 from raydistill.errors import UserError
 
 SIZE = 8
@@ -117,6 +118,34 @@ def test_decode_image_resizes_short_side_then_centre_crops():
 
     with pytest.raises(ValueError, match="cannot decode image"):
         decode_image(b"not an image", 8)
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_decode_image_converts_every_mode_to_8_bit_rgb():
+    grey16 = Image.fromarray(np.full((16, 16), 32896, dtype=np.uint16))  # 32896 / 65535 * 255 = 128
+    assert decode_image(_encoded(grey16, "PNG"), 16)[0, 0].tolist() == [128, 128, 128]
+    transparent = Image.new("RGBA", (16, 16), (10, 20, 30, 0))
+    assert decode_image(_encoded(transparent, "PNG"), 16)[0, 0].tolist() == [255, 255, 255]  # onto white
+    cyan = decode_image(_encoded(Image.new("CMYK", (16, 16), (255, 0, 0, 0)), "JPEG"), 16)[0, 0]
+    assert cyan[0] < 30 and cyan[1] > 225 and cyan[2] > 225
+    grey = decode_image(_encoded(Image.new("L", (16, 16), 77), "PNG"), 16)
+    assert grey.shape == (16, 16, 3) and (grey == 77).all()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"not an image", "corrupt"),
+    (_encoded(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200], "truncated"),
+    (_encoded(Image.new("RGB", (3, 40)), "PNG"), "too_small"),
+])
+def test_unusable_images_say_why(data, reason):
+    with pytest.raises(SkippedImage) as error:
+        decode_image(data, 16)
+    assert error.value.reason == reason
 
 
 def test_decode_batch_drops_corrupt_image_and_keeps_the_rest(caplog):

@@ -106,14 +106,48 @@ def test_stage_without_its_inputs(monkeypatch, capsys, tmp_path, ray_local):
     assert code == 2 and "needs stage 'encode'" in err and "raydistill encode" in err
 
 
-def test_corrupt_image_is_counted_and_skipped(ray_local, monkeypatch, capsys, tmp_path):
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_bad_images_are_counted_by_reason_and_odd_modes_are_used(ray_local, monkeypatch, capsys, tmp_path):
     data = write_shards(tmp_path / "data", {0: 6, 1: 6}, ["cat", "dog"], corrupt=1)
+    table = pq.read_table(data / "train-00000-of-00001.parquet").to_pylist()
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    odd = {
+        "truncated": encoded(photo, "JPEG")[:300],
+        "tiny": encoded(Image.new("RGB", (2, 2)), "PNG"),
+        "grey": encoded(photo.convert("L"), "PNG"),
+        "rgba": encoded(photo.convert("RGBA"), "PNG"),
+        "cmyk": encoded(photo.convert("CMYK"), "JPEG"),
+        "16bit": encoded(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), "PNG"),
+    }
+    for i, (name, data_bytes) in enumerate(odd.items()):
+        table[1 + i]["image"] = data_bytes  # rows 1.. of class 0 (row 0 is the corrupt one)
+        table[1 + i]["id"] = name
+    table += [{"image": png(5), "label": 1, "id": f"extra-{i}"} for i in range(6)]
+    pq.write_table(pa.Table.from_pylist(table), data / "train-00000-of-00001.parquet")
     out = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", ["raydistill", "encode", "--data", str(data), "--ipc", "2", "--out", str(out)])
     main()
     marker = json.loads((out / "latents" / "_SUCCESS.json").read_text())
-    assert marker["rows"] == 11 and marker["skipped_images"] == 1
-    assert marker["class_counts"] == {"0": 5, "1": 6}
+    assert marker["skipped_by_reason"] == {"corrupt": 1, "too_small": 1, "truncated": 1}
+    assert marker["skipped_images"] == 3 and marker["rows"] == 18 - 3
+    assert marker["skipped_examples"]["truncated"] == ["truncated"]
+    assert marker["class_counts"] == {"0": 3, "1": 12}
+    written = set(pq.read_table(out / "latents", columns=["id"]).column("id").to_pylist())
+    assert {"grey", "rgba", "cmyk", "16bit"} <= written
+
+    # Class 0 is left with 3 usable images: IPC 4 fails with the way out, which then gives it 3 prototypes.
+    quantize = ["quantize", "--data", str(data), "--ipc", "4", "--out", str(out), "--set", "evaluate.baseline=false"]
+    code, err = run_cli(monkeypatch, capsys, *quantize)
+    assert code == 2 and "'cat' (label 0) has 3 usable images but --ipc is 4" in err and "allow_fewer" in err
+    monkeypatch.setattr(sys, "argv", ["raydistill", *quantize, "--set", "quantize.allow_fewer=true"])
+    main()
+    labels = pq.read_table(out / "prototypes", columns=["label"]).column("label").to_pylist()
+    assert labels.count(0) == 3 and labels.count(1) == 4
 
 
 def test_installed_command_prints_no_traceback(tmp_path):

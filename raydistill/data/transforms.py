@@ -1,7 +1,8 @@
 """Decode encoded images into fixed-size RGB arrays: short side resized to `size`, then a centre crop.
 
-`decode_image` is the plain function; `decode_batch` maps it over a Ray numpy batch and drops what cannot be decoded;
-`decode_dataset` runs that as CPU tasks on a Ray Dataset of `{id, label, image: bytes}` rows.
+`decode_image` is the plain function; `decode_batch` maps it over a Ray numpy batch and drops what cannot be used,
+recording each dropped id and its reason in a `SkipLedger`; `decode_dataset` runs that as CPU tasks on a Ray Dataset
+of `{id, label, image: bytes}` rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,52 @@ from raydistill.metrics import count
 
 logger = logging.getLogger(__name__)
 
+# Images with a shorter side are dropped as "too_small": upscaling a few pixels to the working size invents the image.
+MIN_SIDE = 8
+SKIP_REASONS = ("corrupt", "truncated", "too_small", "too_large")
+
+
+class SkippedImage(ValueError):
+    """An image that cannot be used, with the reason it is skipped (one of SKIP_REASONS)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@ray.remote(num_cpus=0)
+class SkipLedger:
+    """Collects the ids of skipped images by reason, once each (a retried decode task reports the same ids again)."""
+
+    def __init__(self):
+        self.reasons: dict[str, str] = {}
+
+    def add(self, skipped: dict[str, str]) -> None:
+        self.reasons.update(skipped)
+
+    def summary(self, examples: int = 5) -> dict:
+        by_reason: dict[str, list[str]] = {}
+        for image_id, reason in sorted(self.reasons.items()):
+            by_reason.setdefault(reason, []).append(image_id)
+        return {"skipped_images": len(self.reasons),
+                "skipped_by_reason": {reason: len(ids) for reason, ids in sorted(by_reason.items())},
+                "skipped_examples": {reason: ids[:examples] for reason, ids in sorted(by_reason.items())}}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any Pillow mode: 16- and 32-bit greyscale scaled to 8 bits, transparency composited onto white."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode != "I" or values.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(values / peak * 255 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
     """Decodes one encoded image to an RGB `size` x `size` array.
@@ -31,19 +78,29 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     Returns:
         A uint8 array of shape (size, size, 3).
 
+    Greyscale, palette, CMYK, 16-bit and transparent images are converted to 8-bit RGB (transparency onto white).
+
     Raises:
-        ValueError: If the bytes are not a readable image.
+        SkippedImage: If the bytes are not a readable image ("corrupt"), end early ("truncated"), the image's short
+            side is below MIN_SIDE ("too_small"), or it exceeds Pillow's decompression-bomb limit ("too_large").
     """
-    # Pillow's decoders signal corrupt data with many types (OSError, SyntaxError, EOFError, struct.error,
-    # DecompressionBombError, ...); to the caller they all mean the same thing: these bytes are not a usable image.
+    # Pillow's decoders signal bad data with many types (OSError, SyntaxError, EOFError, struct.error, ...).
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if min(img.size) < MIN_SIDE:
+                raise SkippedImage("too_small", f"image is {img.size[0]}x{img.size[1]}, below {MIN_SIDE} px a side")
             # JPEG can decode at 1/2, 1/4 or 1/8 scale straight from the DCT, far faster for large photos; draft
             # keeps both sides >= the request, so the short side still reaches `size` before the bicubic resize.
             img.draft("RGB", (size, size))
-            rgb = img.convert("RGB")
+            img.load()
+            rgb = _to_rgb(img)
+    except SkippedImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise SkippedImage("too_large", f"image too large: {e}") from e
     except Exception as e:
-        raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from e
+        reason = "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
+        raise SkippedImage(reason, f"cannot decode image: {type(e).__name__}: {e}") from e
 
     width, height = rgb.size
     if (width, height) != (size, size):
@@ -56,27 +113,32 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: str = "") -> dict[str, np.ndarray]:
-    """Decodes a Ray numpy batch of encoded images; undecodable images are logged with their id and dropped.
+def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: str = "",
+                 ledger: "ray.actor.ActorHandle | None" = None) -> dict[str, np.ndarray]:
+    """Decodes a Ray numpy batch of encoded images; unusable images are logged with their id and dropped.
 
     Args:
         batch: Columns `id` (str), `label` (int) and `image` (encoded bytes objects).
         size: Side of the output images, in pixels.
         stage, run: tags of the decoded/skipped counters on the Ray dashboard.
+        ledger: a SkipLedger that is told each dropped id and why (waited for, so none is lost when the task ends).
 
     Returns:
         Columns `id`, `label` (int32) and `image` (uint8, shape (N, size, size, 3)) for the images that decoded.
     """
-    images = []
+    images, skipped = [], {}
     keep = np.zeros(len(batch["id"]), dtype=bool)
     for i, (image_id, data) in enumerate(zip(batch["id"], batch["image"])):
         try:
             images.append(decode_image(data, size))
-        except ValueError as e:
-            # One bad file must not fail a job over millions; the caller counts the gap between index and output.
-            logger.warning("dropping image %s: %s", image_id, e)
+        except SkippedImage as e:
+            # One bad file must not fail a job over millions: it is counted, by reason, and left out.
+            logger.warning("dropping image %s (%s): %s", image_id, e.reason, e)
+            skipped[str(image_id)] = e.reason
             continue
         keep[i] = True
+    if skipped and ledger is not None:
+        ray.get(ledger.add.remote(skipped))
     count("raydistill_images_decoded", int(keep.sum()), stage, run)
     count("raydistill_images_skipped", int((~keep).sum()), stage, run)
     return {
@@ -86,20 +148,22 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: 
     }
 
 
-def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = "") -> ray.data.Dataset:
+def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = "",
+                   ledger: "ray.actor.ActorHandle | None" = None) -> ray.data.Dataset:
     """Decodes and resizes every image of a Ray Dataset in CPU tasks.
 
     Args:
         ds: Rows `{id, label, image}` with encoded image bytes, as `ImageSource.dataset()` gives.
         size: Side of the output images, in pixels.
         stage, run: tags of the decoded/skipped counters on the Ray dashboard.
+        ledger: a SkipLedger to record the dropped images in.
 
     Returns:
         A lazy Dataset of rows `{id: str, label: int32, image: uint8 (size, size, 3)}` without the undecodable images.
     """
     return ds.map_batches(
         decode_batch,
-        fn_kwargs={"size": size, "stage": stage, "run": run},
+        fn_kwargs={"size": size, "stage": stage, "run": run, "ledger": ledger},
         batch_format="numpy",
         batch_size=256,
         num_cpus=1,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import torch
 from ray.data import ActorPoolStrategy
 
 from raydistill.config import inverts
 from raydistill.data import decode_dataset
+from raydistill.data.transforms import SkipLedger
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
 from raydistill.priors import Prior, load_prior
@@ -105,7 +107,9 @@ def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:
 
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
-    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.rundir.name)
+    ledger = SkipLedger.remote()
+    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.rundir.name,
+                            ledger=ledger)
     gpus = gpus_per_actor(cfg.encode.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.encode.actors)
     latents = images.map_batches(
@@ -123,14 +127,18 @@ def run(ctx: Context) -> StageOutput:
     folder = ctx.rundir.reset("latents")
     latents.write_parquet(folder, filesystem=ctx.rundir.fs, partition_cols=["label"])
     counts = written_class_counts(ctx, "latents")
-    expected = sum(ctx.class_counts.values())
     written = sum(counts.values())
+    skipped = ray.get(ledger.summary.remote())
+    missing = sum(ctx.class_counts.values()) - written - skipped["skipped_images"]
+    if missing:
+        raise RuntimeError(f"encode wrote {written} latents and skipped {skipped['skipped_images']} images of "
+                           f"{sum(ctx.class_counts.values())}: {missing} unaccounted for")
     return StageOutput(
         rows=written,
         extra={
             "latent_shape": list(ctx.latent_shape),
             "inversion": inversion_settings(ctx),
-            "skipped_images": expected - written,
+            **skipped,
             "class_counts": {str(k): v for k, v in sorted(counts.items())},
         },
     )

@@ -44,6 +44,7 @@ def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: in
                    options: dict[str, Any]) -> dict:
     """Quantizes one class's latents or noise, writes its prototypes and returns its statistics (no Ray)."""
     ids, x = read_class_latents(rundir, label, "noise" if space == "noise" else "latent")
+    ipc = min(ipc, len(x))
     result = QUANTIZERS.get(method)(x, ipc, seed=seed * 1_000_003 + label, **quantizer_options(method, options))
     table = pa.table({
         "label": pa.array(np.full(ipc, label, dtype=np.int32)),
@@ -63,6 +64,7 @@ def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: in
     return {
         "label": label,
         "images": len(x),
+        "prototypes": ipc,
         "w2_weighted": wasserstein2(x, result.points, voronoi),
         "w2_uniform": wasserstein2(x, result.points, uniform),
         "weight_min": float(result.weights.min()),
@@ -84,17 +86,23 @@ def _quantize_classes(run_uri: str, folder: str, labels: list[int], **kwargs) ->
     return stats
 
 
-def check_class_sizes(counts: dict[int, int], class_names: list[str], ipc: int) -> None:
-    """Every class must have at least IPC images; a class with none or too few is a clear error."""
+def check_class_sizes(counts: dict[int, int], class_names: list[str], ipc: int, allow_fewer: bool = False) -> None:
+    """Every class must have an image, and at least IPC unless `allow_fewer`; otherwise a clear error."""
     for label, name in enumerate(class_names):
         have = counts.get(label, 0)
         if have == 0:
-            raise UserError(f"class {name!r} (label {label}) has no images; add images or remove the class")
-        if have < ipc:
+            raise UserError(f"class {name!r} (label {label}) has no usable images; add images or remove the class")
+        if have < ipc and not allow_fewer:
             raise UserError(
-                f"class {name!r} (label {label}) has {have} images but --ipc is {ipc}; "
-                f"lower --ipc to at most {have} or add images (or raise --max-per-class)"
+                f"class {name!r} (label {label}) has {have} usable images but --ipc is {ipc}; "
+                f"lower --ipc to at most {have}, add images (or raise --max-per-class), or pass "
+                f"--set quantize.allow_fewer=true to give such classes one prototype per image"
             )
+
+
+def prototypes_per_class(counts: dict[int, int], ipc: int) -> dict[int, int]:
+    """IPC for each class, or all its images where it has fewer (with `quantize.allow_fewer`)."""
+    return {label: min(ipc, have) for label, have in counts.items()}
 
 
 def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int]) -> tuple[int, list[dict]]:
@@ -111,7 +119,7 @@ def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int]) -> t
     ]
     stats = sorted((s for chunk in ray.get(refs) for s in chunk), key=lambda s: s["label"])
     ctx.rundir.write_json(stats, folder, "_class_stats.json")
-    return len(stats) * cfg.quantize.ipc, stats
+    return sum(s["prototypes"] for s in stats), stats
 
 
 def summarise(stats: list[dict]) -> dict:
@@ -128,7 +136,7 @@ def summarise(stats: list[dict]) -> dict:
 
 def run(ctx: Context) -> StageOutput:
     counts = written_class_counts(ctx, "latents")  # after undecodable images were skipped
-    check_class_sizes(counts, ctx.class_names, ctx.config.quantize.ipc)
+    check_class_sizes(counts, ctx.class_names, ctx.config.quantize.ipc, ctx.config.quantize.allow_fewer)
     rows, extra = 0, {}
     for variant in ctx.variants:
         written, stats = run_variant(ctx, variant, sorted(counts))

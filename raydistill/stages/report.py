@@ -37,7 +37,10 @@ def markdown(report: dict) -> str:
         f"# raydistill report: {report['method']} at IPC {report['ipc']}",
         "",
         f"dataset `{report['dataset']}`, prior `{report['prior']}`, {report['num_classes']} classes, "
-        f"{report['train_images']} training images",
+        f"{report['train_images']} training images"
+        + (f" ({report['skipped_images']} skipped: "
+           + ", ".join(f"{n} {reason}" for reason, n in report["skipped_by_reason"].items()) + ")"
+           if report["skipped_images"] else ""),
         "",
     ]
     students = list(report["students"])
@@ -88,6 +91,7 @@ def run(ctx: Context) -> StageOutput:
         "num_classes": len(ctx.class_names),
         "train_images": encode["rows"],
         "skipped_images": encode["skipped_images"],
+        "skipped_by_reason": encode["skipped_by_reason"],
         "students": results["method"],
         "quantization": {**quantize["method"], "per_class": rundir.read_json("prototypes", "_class_stats.json")},
         "stages": stages,

@@ -26,7 +26,8 @@ from raydistill.imaging import png_bytes, to_uint8
 from raydistill.metrics import count
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
-from raydistill.stages.encode import actor_prior, class_conditioning
+from raydistill.stages.encode import actor_prior, class_conditioning, written_class_counts
+from raydistill.stages.quantize import prototypes_per_class
 from raydistill.synthesize.ddim import sample_latents
 
 DECODERS = ("nearest", "decoder", "ddim")
@@ -148,7 +149,7 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
     images.write_parquet(folder, filesystem=ctx.rundir.fs)
     rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows
                for f in ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"))
-    expected = len(ctx.class_names) * cfg.quantize.ipc
+    expected = sum(prototypes_per_class(written_class_counts(ctx, "latents"), cfg.quantize.ipc).values())
     if rows != expected:
         raise UserError(
             f"synthesize wrote {rows} images for {variant.folder('distilled')}, expected {expected}; "

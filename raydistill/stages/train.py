@@ -84,10 +84,12 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed, mix=cfg.train.mix, mix_alpha=cfg.train.mix_alpha,
     )
     run_name = f"{variant.prefix or 'method'}-{student}"
+    files = ctx.rundir.files(variant.folder("distilled"), suffix=".parquet")
+    distilled_rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows for f in files)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "run_uri": ctx.rundir.uri, "files": ctx.rundir.files(variant.folder("distilled"), suffix=".parquet"),
+            "run_uri": ctx.rundir.uri, "files": files,
             "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
             "settings": settings, "weight_transform": cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
@@ -112,7 +114,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     metrics = {
         "student": student, "epochs": state["epoch"], "final_loss": result.metrics["loss"],
         "resumed_from_epoch": result.metrics["start_epoch"],
-        "seconds": round(time.perf_counter() - start, 2), "images": len(ctx.class_names) * cfg.quantize.ipc,
+        "seconds": round(time.perf_counter() - start, 2), "images": distilled_rows,
         "num_classes": len(ctx.class_names), "image_size": cfg.data.image_size,
     }
     ctx.rundir.write_json(metrics, out, "metrics.json")
