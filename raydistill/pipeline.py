@@ -221,10 +221,9 @@ def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: b
             )
     log.info("%s: running", stage.name)
     start = time.perf_counter()
-    runners = {"encode": encode.run, "quantize": quantize.run, "synthesize": synthesize.run,
-               "evaluate": evaluate.run, "report": report.run}
-    if stage.name == "train":
-        output: StageOutput = train.run(ctx, fingerprints["train"])
+    runners = {"encode": encode.run, "synthesize": synthesize.run, "evaluate": evaluate.run, "report": report.run}
+    if stage.name in ("quantize", "train"):  # they resume unfinished work recorded under their fingerprint
+        output: StageOutput = {"quantize": quantize.run, "train": train.run}[stage.name](ctx, fingerprints[stage.name])
     else:
         output = runners[stage.name](ctx)
     seconds = time.perf_counter() - start

@@ -1,13 +1,17 @@
 """quantize: one Ray task per group of classes runs the quantizer on each class's latents; writes prototypes/.
 
 Tasks get paths, not arrays: each reads its classes' `latents/label=c/` partitions and writes one
-`class-c.parquet` per class, and returns only small per-class statistics.
+`class-c.parquet` per class, then `_class-c.json` with its statistics and the parquet's size and checksum. A run
+interrupted mid-stage keeps the classes it finished: the rerun (same fingerprint, in `_STARTED.json`) checks each
+kept file against its record and quantizes only the rest. Each class has its own seed, so the result is the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +26,8 @@ from raydistill.quantize import QUANTIZERS, wasserstein2
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.encode import fixed_size_list, written_class_counts
+
+log = logging.getLogger("raydistill")
 
 
 def read_class_latents(rundir: RunDir, label: int, column: str = "latent") -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +64,11 @@ def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: in
     })
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    rundir.write_bytes(sink.getvalue().to_pybytes(), folder, f"class-{label:05d}.parquet")
+    data = sink.getvalue().to_pybytes()
+    rundir.write_bytes(data, folder, class_file(label))
     uniform = np.full(ipc, 1.0 / ipc)
     voronoi = result.counts / result.counts.sum()
-    return {
+    stats = {
         "label": label,
         "images": len(x),
         "prototypes": ipc,
@@ -71,6 +78,30 @@ def quantize_class(rundir: RunDir, folder: str, label: int, method: str, ipc: in
         "weight_max": float(result.weights.max()),
         "empty_cells": int((result.counts == 0).sum()),
     }
+    record = {"size": len(data), "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest()}
+    rundir.write_json({"stats": stats, "file": record}, folder, f"_{class_file(label)}.json")
+    return stats
+
+
+def class_file(label: int) -> str:
+    return f"class-{label:05d}.parquet"
+
+
+def finished_classes(rundir: RunDir, folder: str, fingerprint: str) -> dict[int, dict]:
+    """Statistics of the classes an interrupted run of this same stage finished, whose files are intact; the
+    folder is emptied (and claimed for `fingerprint`) when it holds another config's work."""
+    started = rundir.read_json(folder, "_STARTED.json")
+    if started is None or started.get("fingerprint") != fingerprint:
+        rundir.reset(folder)
+        rundir.write_json({"fingerprint": fingerprint}, folder, "_STARTED.json")
+        return {}
+    done = {}
+    for path in rundir.files(folder, suffix=".parquet"):
+        name = path.rsplit("/", 1)[1]
+        saved = rundir.read_json(folder, f"_{name}.json")
+        if saved and not rundir.check({f"{folder}/{name}": saved["file"]}):
+            done[saved["stats"]["label"]] = saved["stats"]
+    return done
 
 
 @ray.remote(num_cpus=1)
@@ -105,10 +136,13 @@ def prototypes_per_class(counts: dict[int, int], ipc: int) -> dict[int, int]:
     return {label: min(ipc, have) for label, have in counts.items()}
 
 
-def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int]) -> tuple[int, list[dict]]:
+def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int], fingerprint: str) -> tuple[int, list[dict]]:
     cfg = ctx.config
     folder = variant.folder("prototypes")
-    ctx.rundir.reset(folder)
+    done = finished_classes(ctx.rundir, folder, fingerprint)
+    if done:
+        log.info("quantize %s: %d of %d classes finished before, kept", folder, len(done), len(labels))
+    labels = [label for label in labels if label not in done]
     groups = [labels[i:i + cfg.quantize.classes_per_task] for i in range(0, len(labels), cfg.quantize.classes_per_task)]
     refs = [
         _quantize_classes.remote(
@@ -117,7 +151,8 @@ def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int]) -> t
         )
         for group in groups
     ]
-    stats = sorted((s for chunk in ray.get(refs) for s in chunk), key=lambda s: s["label"])
+    new = [s for chunk in ray.get(refs) for s in chunk]
+    stats = sorted([*done.values(), *new], key=lambda s: s["label"])
     ctx.rundir.write_json(stats, folder, "_class_stats.json")
     return sum(s["prototypes"] for s in stats), stats
 
@@ -134,12 +169,12 @@ def summarise(stats: list[dict]) -> dict:
     }
 
 
-def run(ctx: Context) -> StageOutput:
+def run(ctx: Context, fingerprint: str) -> StageOutput:
     counts = written_class_counts(ctx, "latents")  # after undecodable images were skipped
     check_class_sizes(counts, ctx.class_names, ctx.config.quantize.ipc, ctx.config.quantize.allow_fewer)
     rows, extra = 0, {}
     for variant in ctx.variants:
-        written, stats = run_variant(ctx, variant, sorted(counts))
+        written, stats = run_variant(ctx, variant, sorted(counts), fingerprint)
         rows += written
         extra[variant.prefix or "method"] = summarise(stats)
     return StageOutput(rows=rows, extra=extra)
