@@ -85,13 +85,13 @@ def test_empty_data_folder(monkeypatch, capsys, tmp_path):
 def test_class_with_no_images(monkeypatch, capsys, tmp_path):
     data = write_shards(tmp_path / "data", {0: 4, 1: 4}, ["cat", "dog", "emu"])
     code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "2", "--out", str(tmp_path / "r"))
-    assert code == 2 and "class 'emu' (label 2) has no images" in err
+    assert code == 2 and "class 'emu' (label 2) has no usable images" in err
 
 
 def test_ipc_larger_than_a_class_names_the_class_and_the_fix(monkeypatch, capsys, tmp_path):
     data = write_shards(tmp_path / "data", {0: 6, 1: 3}, ["cat", "dog"])
     code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "4", "--out", str(tmp_path / "r"))
-    assert code == 2 and "class 'dog' (label 1) has 3 images but --ipc is 4; lower --ipc to at most 3" in err
+    assert code == 2 and "class 'dog' (label 1) has 3 usable images but --ipc is 4; lower --ipc to at most 3" in err
 
 
 def test_unreadable_weights_file(monkeypatch, capsys, tmp_path):
