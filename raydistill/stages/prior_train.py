@@ -158,7 +158,7 @@ def prior_train_worker(config: dict) -> None:
             optimizer.step()
             ema_update(ema, plain, ema_decay_at(step, settings.ema_decay))
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 seconds = time.perf_counter() - started
                 metrics = {"step": step, "loss": float(np.mean(losses)), "start_step": start_step,
