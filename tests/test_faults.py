@@ -1,8 +1,6 @@
 """Faults lose nothing: a driver killed during quantize resumes with the same result as an uninterrupted run."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from conftest import kill_process_tree
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
 # A quantizer slow enough (about a second per class: d3hr's group search on pixel latents) that the kill lands
 # while classes are still being quantized.
@@ -31,7 +30,7 @@ def test_driver_killed_during_quantize_resumes_to_the_same_result(tmp_path):
     while not list(interrupted.glob("prototypes/_class-*.json")):
         assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_process_tree(process.pid)
     process.wait()
     finished = len(list(interrupted.glob("prototypes/_class-*.json")))
     assert not (interrupted / "prototypes" / "_SUCCESS.json").exists() and 1 <= finished < 10

@@ -1,8 +1,6 @@
 """`raydistill prior train` and `prior eval`: the loss falls, a killed training resumes, the output loads as a prior."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import kill_process_tree
 from raydistill.errors import UserError
 from raydistill.priors import load_prior
 from raydistill.priors.diffusion import DiffusionPrior
@@ -82,7 +81,7 @@ def test_killed_prior_training_resumes_and_writes_a_loadable_prior(encoded_digit
     while not list(out.glob("train_state/prior/checkpoint_*")):
         assert process.poll() is None and time.time() < deadline, "prior training never wrote a checkpoint"
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_process_tree(process.pid)
     process.wait()
     assert not (out / "training.json").exists()
     subprocess.run(command, check=True, capture_output=True, timeout=300)

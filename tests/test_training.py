@@ -2,8 +2,6 @@
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import kill_process_tree
 from raydistill.train.augment import mix_batch
 from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
 
@@ -90,7 +89,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     while not checkpoints():
         assert process.poll() is None and time.time() < deadline, "training never wrote a checkpoint"
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_process_tree(process.pid)
     process.wait()
     assert not (out / "students" / "_SUCCESS.json").exists()
     subprocess.run(command, check=True, capture_output=True, timeout=300)
