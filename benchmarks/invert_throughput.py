@@ -34,7 +34,7 @@ def dit_xl_prior():
 
     from raydistill.priors.base import PRIORS
     from raydistill.priors.autoencoders import DiffusersVAEPrior
-    from raydistill.priors.diffusion import DiffusionPrior, linear_schedule
+    from raydistill.priors.diffusion import DiffusionPrior, linear_schedule, perturb_zero_parameters
 
     def build(arg, resolution):
         from diffusers import DiTTransformer2DModel
@@ -42,10 +42,7 @@ def dit_xl_prior():
         torch.manual_seed(0)
         dit = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, num_layers=28, in_channels=4,
                                     out_channels=8, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
-        with torch.no_grad():
-            for parameter in dit.parameters():
-                if not parameter.any():
-                    parameter.normal_(0.0, 0.02)
+        perturb_zero_parameters(dit)
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                             scaling_factor=0.18215)

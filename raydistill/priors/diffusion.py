@@ -289,11 +289,17 @@ def tiny_dit(num_classes: int = 1000, latent_side: int = TINY_RESOLUTION // 2) -
             num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
             sample_size=latent_side, patch_size=2, num_embeds_ada_norm=num_classes,
         )
-        with torch.no_grad():
-            for parameter in model.parameters():
-                if not parameter.any():
-                    parameter.normal_(0.0, 0.02)
+        perturb_zero_parameters(model)
     return model
+
+
+@torch.no_grad()
+def perturb_zero_parameters(model: nn.Module, std: float = 0.02) -> None:
+    """Gives the all-zero parameters of a freshly built model small random values (from the global RNG), so that a
+    random DiT is not the trivial zero-noise predictor."""
+    for parameter in model.parameters():
+        if not parameter.any():
+            parameter.normal_(0.0, std)
 
 
 def linear_schedule(train_timesteps: int = 1000) -> np.ndarray:
