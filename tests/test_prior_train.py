@@ -13,10 +13,9 @@ import torch
 from conftest import kill_process_tree
 from raydistill.errors import UserError
 from raydistill.priors import load_prior
-from raydistill.priors.diffusion import DiffusionPrior
+from raydistill.priors.diffusion import DiffusionPrior, linear_schedule
 from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
-    schedule_alphas,
 )
 
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
@@ -28,7 +27,7 @@ def test_a_few_steps_lower_the_loss_and_the_ema_follows():
     model = build_dit("tiny", (4, 8, 8), num_classes=3)
     disable_builtin_label_dropout(model)
     ema = ema_copy(model)
-    alphas = torch.tensor(schedule_alphas(), dtype=torch.float32)
+    alphas = torch.tensor(linear_schedule(), dtype=torch.float32)
     labels = torch.arange(3).repeat(16)
     latents = labels.view(-1, 1, 1, 1).float() - 1 + 0.1 * torch.randn(48, 4, 8, 8)  # one mode per class
 

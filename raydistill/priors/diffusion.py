@@ -23,6 +23,8 @@ from raydistill.priors.base import PRIORS, Prior, load_prior
 
 # A prior trained by `raydistill prior train` names its autoencoder here instead of holding a vae/ folder.
 AUTOENCODER_FILE = "autoencoder.json"
+# DiT's training schedule, as diffusers scheduler arguments.
+DIT_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 # Classifier-free guidance scales: D3HR's and DsCo's for DiT, D4M's img2img for Stable Diffusion.
 DIT_GUIDANCE = 4.0
 SD_GUIDANCE = 8.0
@@ -302,9 +304,9 @@ def perturb_zero_parameters(model: nn.Module, std: float = 0.02) -> None:
             parameter.normal_(0.0, std)
 
 
-def linear_schedule(train_timesteps: int = 1000) -> np.ndarray:
-    """DiT's training schedule: betas linear from 1e-4 to 0.02."""
-    betas = np.linspace(1e-4, 0.02, train_timesteps, dtype=np.float64)
+def linear_schedule(train_timesteps: int = DIT_SCHEDULE["num_train_timesteps"]) -> np.ndarray:
+    """alphas_cumprod of DiT's training schedule: betas linear from 1e-4 to 0.02."""
+    betas = np.linspace(DIT_SCHEDULE["beta_start"], DIT_SCHEDULE["beta_end"], train_timesteps, dtype=np.float64)
     return np.cumprod(1.0 - betas)
 
 

@@ -13,13 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from raydistill.errors import UserError
-from raydistill.priors.diffusion import AUTOENCODER_FILE
+from raydistill.priors.diffusion import AUTOENCODER_FILE, DIT_SCHEDULE
 
 # Model sizes, as DiTTransformer2DModel arguments. `cifar-cpu` is sized to learn CIFAR-10's 32x8x8 taef2 latents on
 # two CPU cores in about an hour; `tiny` is for tests; the others are the DiT paper's S, B and XL (patch 2).
@@ -30,8 +29,6 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
     "dit-b": {"num_layers": 12, "num_attention_heads": 12, "attention_head_dim": 64, "patch_size": 2},
     "dit-xl": {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "patch_size": 2},
 }
-# DiT's training schedule: 1000 steps, betas linear from 1e-4 to 0.02.
-SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
 
 def build_dit(preset: str, latent_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -96,11 +93,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         averaged.lerp_(current.detach().to(averaged.dtype), 1 - decay)
 
 
-def schedule_alphas(train_timesteps: int = SCHEDULE["num_train_timesteps"]) -> np.ndarray:
-    betas = np.linspace(SCHEDULE["beta_start"], SCHEDULE["beta_end"], train_timesteps, dtype=np.float64)
-    return np.cumprod(1.0 - betas)
-
-
 def is_held_out(image_id: str, fraction: float) -> bool:
     """A fixed, order-free split: an id is held out when its hash falls in the first `fraction` of the range."""
     digest = hashlib.blake2b(str(image_id).encode(), digest_size=8).digest()
@@ -114,7 +106,7 @@ def write_prior_directory(out: Path, ema: nn.Module, autoencoder_spec: str, reso
 
     out.mkdir(parents=True, exist_ok=True)
     ema.save_pretrained(out / "transformer")
-    DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=True).save_pretrained(out / "scheduler")
+    DDIMScheduler(**DIT_SCHEDULE, clip_sample=False, set_alpha_to_one=True).save_pretrained(out / "scheduler")
     pointer = {"prior": autoencoder_spec, "resolution": resolution, "latent_scale": latent_scale}
     (out / AUTOENCODER_FILE).write_text(json.dumps(pointer, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -24,9 +24,10 @@ from ray.train.torch import TorchTrainer
 
 from raydistill.errors import UserError
 from raydistill.metrics import record
+from raydistill.priors.diffusion import linear_schedule
 from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
-    schedule_alphas, write_prior_directory,
+    write_prior_directory,
 )
 from raydistill.stages.cluster import cluster_cpus, cluster_gpus
 
@@ -212,7 +213,7 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     out_path = Path(out).expanduser().resolve()
     trainer = TorchTrainer(
         prior_train_worker,
-        train_loop_config={"settings": settings, "build": build, "alphas": schedule_alphas().astype(np.float32),
+        train_loop_config={"settings": settings, "build": build, "alphas": linear_schedule().astype(np.float32),
                            "null_class": null_class, "latent_scale": scale, "latent_shape": shape,
                            "threads_per_worker": threads_per_worker, "name": out_path.name},
         datasets={"train": training_dataset(run["folder"], settings.holdout)},
