@@ -1,12 +1,14 @@
 """A DiT prior trained on CIFAR-10's taef2 latents on this machine: teacher top-1 on its samples as training goes on.
 
-python -m benchmarks.prior_cifar10 [--quick] [--milestones 2000 5000 10000] [--out runs/bench-prior]
+python -m benchmarks.prior_cifar10 [--quick] [--milestones 1000 2000 3000] [--lr 1e-3 --warmup-steps 500
+    --snr-gamma 5] [--out runs/bench-prior]
 
 Encodes all 50,000 CIFAR-10 training images with taef2 at 64 px (32x8x8 latents) once, then trains the `cifar-cpu`
-preset with `raydistill prior train`, stopping at each milestone (a rerun with more steps resumes from the last
-checkpoint) to run `raydistill prior eval` with the ResNet-56 teacher. Goal: teacher top-1 >= 50 % on the samples
-(chance 10 %) within about an hour of training. Finished milestones are kept in OUT/results.jsonl, so an
-interrupted benchmark resumes. Prints a table and, last, one JSON line.
+preset with `raydistill prior train` (the recipe: its defaults, or the flags given), stopping at each milestone (a
+rerun with more steps resumes from the last checkpoint) to run `raydistill prior eval` with the ResNet-56 teacher.
+Goal: teacher top-1 >= 50 % on the samples (chance 10 %) within about an hour of training. Each recipe trains in
+OUT/prior-<recipe>; finished milestones are kept in OUT/results.jsonl, so an interrupted benchmark resumes and
+recipes can be compared. Prints a table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from raydistill.config import PriorTrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -30,7 +34,10 @@ def last_json(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="500 images per class, milestones 100 and 200")
-    parser.add_argument("--milestones", type=int, nargs="+", default=[2000, 5000, 10000])
+    parser.add_argument("--milestones", type=int, nargs="+", default=[1000, 2000, 3000])
+    for flag in ("lr", "warmup_steps", "snr_gamma"):
+        default = getattr(PriorTrainSettings(), flag)
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--samples-per-class", type=int, default=50)
     parser.add_argument("--out", default=str(ROOT / "runs/bench-prior"))
     args = parser.parse_args()
@@ -40,23 +47,27 @@ def main() -> None:
         subset = ["--max-per-class", "500"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    encoded, prior = out / "encoded", out / "prior"
+    recipe = {"lr": args.lr, "warmup_steps": args.warmup_steps, "snr_gamma": args.snr_gamma}
+    encoded, prior = out / "encoded", out / f"prior-lr{args.lr:g}-warmup{args.warmup_steps}-snr{args.snr_gamma:g}"
     subprocess.run([RAYDISTILL, "encode", "--data", str(SHARED / "data/cifar10"), "--prior",
                     f"taef2:{SHARED / 'weights/taef2'}", "--out", str(encoded), *subset], check=True,
                    stdout=subprocess.DEVNULL)
     log = out / "results.jsonl"
-    done = {r["steps"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    recorded = map(json.loads, log.read_text().splitlines()) if log.exists() else []
+    done = {r["steps"]: r for r in recorded if r["recipe"] == recipe}
     rows = []
     for steps in args.milestones:
         if steps not in done:
             trained = subprocess.run([RAYDISTILL, "prior", "train", "--latents", str(encoded / "latents"), "--out",
-                                      str(prior), "--steps", str(steps)], check=True, capture_output=True, text=True)
+                                      str(prior), "--steps", str(steps), "--lr", str(args.lr), "--warmup-steps",
+                                      str(args.warmup_steps), "--snr-gamma", str(args.snr_gamma)],
+                                     check=True, capture_output=True, text=True)
             info = json.loads((prior / "training.json").read_text())
             evaluated = subprocess.run([RAYDISTILL, "prior", "eval", str(prior), "--teacher", TEACHER,
                                         "--samples-per-class", str(args.samples_per_class)],
                                        check=True, capture_output=True, text=True)
             result = last_json(evaluated.stdout)
-            done[steps] = {"steps": steps, "train_seconds_this_leg": info["seconds"],
+            done[steps] = {"recipe": recipe, "steps": steps, "train_seconds_this_leg": info["seconds"],
                            "steps_per_second": round(info["steps_per_second"], 3), "final_loss": info["final_loss"],
                            "teacher_top1": result["teacher_top1"], "heldout_loss": result["heldout_loss"],
                            "per_class_top1": result["per_class_top1"], "printed": trained.stdout.strip()[-200:]}
@@ -69,8 +80,8 @@ def main() -> None:
         minutes += row["train_seconds_this_leg"] / 60
         row["train_minutes_cumulative"] = round(minutes, 1)
         print(f"{row['steps']:7d} {minutes:23.1f} {row['heldout_loss']:14.4f} {row['teacher_top1']:14.2f}")
-    print(json.dumps({"milestones": [{k: r[k] for k in ("steps", "train_minutes_cumulative", "heldout_loss",
-                                                        "teacher_top1")} for r in rows]}))
+    keys = ("steps", "train_minutes_cumulative", "heldout_loss", "teacher_top1")
+    print(json.dumps({"recipe": recipe, "milestones": [{k: r[k] for k in keys} for r in rows]}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from raydistill.config import load_config, parse_override
+from raydistill.config import PriorTrainSettings, load_config, parse_override
 from raydistill.errors import UserError
 
 # Flag name -> config key; flags left unset do not override the config file.
@@ -150,32 +150,41 @@ def prior() -> None:
     """Train a class-conditional DiT prior on a run's latents, or measure one."""
 
 
+PRIOR_TRAIN = PriorTrainSettings()
+
+
 @prior.command("train")
 @click.option("--latents", required=True, help="RUN_DIR/latents of a run whose encode finished.")
 @click.option("--out", required=True, help="Prior directory to write (loads as --prior dit:OUT); reruns resume.")
-@click.option("--init", help="Fine-tune this DiT (a dit: directory or hub id) instead of training from scratch.")
-@click.option("--preset", default="cifar-cpu", show_default=True,
+@click.option("--init", help="Fine-tune this DiT (a dit: directory or hub id) instead of training from scratch; "
+                             "lower --lr to about 1e-4 for it.")
+@click.option("--preset", default=PRIOR_TRAIN.preset, show_default=True,
               help="Model size: tiny, cifar-cpu, dit-s, dit-b, dit-xl.")
-@click.option("--steps", type=int, default=20_000, show_default=True, help="Optimiser steps per worker.")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Latents per step per worker.")
-@click.option("--lr", type=float, default=3e-4, show_default=True)
-@click.option("--ema-decay", type=float, default=0.999, show_default=True)
-@click.option("--label-dropout", type=float, default=0.1, show_default=True,
+@click.option("--steps", type=int, default=PRIOR_TRAIN.steps, show_default=True, help="Optimiser steps per worker.")
+@click.option("--batch-size", type=int, default=PRIOR_TRAIN.batch_size, show_default=True,
+              help="Latents per step per worker.")
+@click.option("--lr", type=float, default=PRIOR_TRAIN.lr, show_default=True)
+@click.option("--warmup-steps", type=int, default=PRIOR_TRAIN.warmup_steps, show_default=True,
+              help="Steps over which the learning rate rises linearly from 0.")
+@click.option("--snr-gamma", type=float, default=PRIOR_TRAIN.snr_gamma, show_default=True,
+              help="Min-SNR loss weighting min(SNR, gamma) / SNR; 0 for the plain loss.")
+@click.option("--ema-decay", type=float, default=PRIOR_TRAIN.ema_decay, show_default=True)
+@click.option("--label-dropout", type=float, default=PRIOR_TRAIN.label_dropout, show_default=True,
               help="Share of labels replaced by the null class, for classifier-free guidance.")
-@click.option("--holdout", type=float, default=0.02, show_default=True,
+@click.option("--holdout", type=float, default=PRIOR_TRAIN.holdout, show_default=True,
               help="Share of images kept out of training for `prior eval`.")
-@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
+@click.option("--checkpoint-every", type=int, default=PRIOR_TRAIN.checkpoint_every, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=PRIOR_TRAIN.seed, show_default=True)
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray).")
 def prior_train(latents: str, out: str, workers: int, address: str | None, **settings: Any) -> None:
     """Train (or fine-tune) a class-conditional latent DiT with Ray Train; write a dit:DIR prior."""
     from raydistill.config import RayConfig
     from raydistill.stages.cluster import connect
-    from raydistill.stages.prior_train import PriorTrainSettings, check_settings, train_prior
+    from raydistill.stages.prior_train import train_prior
 
     prior_settings = PriorTrainSettings(**settings)
-    check_settings(prior_settings, workers)
+    prior_settings.check(workers)
     connect(RayConfig(address=address))
     info = train_prior(latents, out, prior_settings, workers=workers)
     click.echo(f"trained {info['steps']} steps (resumed from {info['resumed_from_step']}), "

@@ -371,3 +371,54 @@ def fingerprint(*parts: Any) -> str:
 
     text = json.dumps([semantic(p) for p in parts], sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PriorTrainSettings:
+    """`raydistill prior train`'s settings (its flags; the defaults are the `cifar-cpu` recipe).
+
+    Attributes:
+        preset: a DIT_PRESETS name (ignored with `init`).
+        init: a `dit:` directory or hub id whose transformer is fine-tuned instead of a fresh one (use a lower
+            `lr`, such as 1e-4, there).
+        steps: optimiser steps per worker.
+        batch_size: latents per step per worker.
+        lr, weight_decay: AdamW.
+        warmup_steps: the learning rate rises linearly from 0 over these first steps.
+        snr_gamma: Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
+            min(SNR, gamma) / SNR, so the nearly noise-free steps, whose noise is unpredictable, stop drowning out
+            the noisy ones that shape the image; 0 gives the plain unweighted loss.
+        ema_decay: decay of the EMA weights that are written.
+        label_dropout: share of labels replaced by the null class (classifier-free guidance).
+        holdout: share of images (by a hash of the id) kept out of training for `prior eval`'s loss.
+        checkpoint_every: steps between checkpoints (the last step is always checkpointed).
+        seed: initialisation and noise.
+    """
+
+    preset: str = "cifar-cpu"
+    init: str | None = None
+    steps: int = 20_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    holdout: float = 0.02
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    def check(self, workers: int) -> None:
+        """Values a user can get wrong, checked before Ray starts."""
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "snr_gamma"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if workers <= 0:
+            raise UserError(f"--workers must be positive, got {workers}")
+        for name in ("ema_decay", "label_dropout", "holdout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")

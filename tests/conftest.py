@@ -58,6 +58,40 @@ def saved_sd(tmp_path_factory) -> Path:
     return root
 
 
+def wait_for_registered_checkpoint(out: Path, run_pattern: str, process, accept=lambda metrics: True,
+                                   timeout: float = 600) -> dict:
+    """Waits until Ray Train has recorded a checkpoint, whose reported metrics `accept`, in the snapshot of a run
+    under `out` (a glob), and returns those metrics. The snapshot is what a rerun resumes from: a checkpoint
+    folder appears before it is registered, and a kill in between leaves nothing to resume."""
+    import json
+    import time
+
+    deadline = time.time() + timeout  # generous: CI machines may be busy
+    while True:
+        for snapshot in out.glob(f"{run_pattern}/checkpoint_manager_snapshot.json"):
+            try:
+                latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+            except (OSError, ValueError):
+                continue  # caught mid-write
+            if latest and accept(latest["metrics"]):
+                return latest["metrics"]
+        assert process.poll() is None and time.time() < deadline, f"no checkpoint registered under {out}"
+        time.sleep(0.1)
+
+
+def actor_processes(title: str) -> list[int]:
+    """Pids of the Ray worker processes whose title (`ray::<actor class>...`) contains `title`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace") if entry.name.isdigit() else ""
+        except OSError:
+            continue  # the process ended while we looked
+        if command.startswith("ray::") and title in command:
+            pids.append(int(entry.name))
+    return pids
+
+
 def kill_process_tree(pid: int) -> None:
     """SIGKILLs a process, its process group and every descendant, like a crashed machine would: Ray's head
     processes start in sessions of their own, and left alive they would hold ports that a later Ray needs."""

@@ -1,4 +1,5 @@
-"""Faults lose nothing: a driver killed during quantize resumes with the same result as an uninterrupted run."""
+"""Faults lose nothing: a killed driver or encoder actor leaves the same results as an uninterrupted run, and the
+number of actors does not change them."""
 
 import json
 import subprocess
@@ -7,8 +8,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from click.testing import CliRunner
 
-from conftest import kill_process_tree
+from conftest import actor_processes, kill_process_tree
+from raydistill.cli import cli
+
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
 # A quantizer slow enough (about a second per class: d3hr's group search on pixel latents) that the kill lands
 # while classes are still being quantized.
@@ -20,7 +24,14 @@ def table(path: Path, sort: list[str]) -> list[dict]:
     return pq.read_table(path).sort_by([(key, "ascending") for key in sort]).to_pylist()
 
 
-def test_driver_killed_during_quantize_resumes_to_the_same_result(tmp_path):
+def run_stages(stages: tuple[str, ...], *args: str) -> None:
+    """Stages run in this process, on the tests' Ray (no Ray start per command)."""
+    for stage in stages:
+        result = CliRunner().invoke(cli, [stage, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+
+def test_driver_killed_during_quantize_resumes_to_the_same_result(ray_local, tmp_path):
     interrupted = tmp_path / "interrupted"
     command = [RAYDISTILL, "run", "--out", str(interrupted), *ARGS]
     log = tmp_path / "interrupted.log"
@@ -47,8 +58,38 @@ def test_driver_killed_during_quantize_resumes_to_the_same_result(tmp_path):
     resumed = {"prototypes": table(interrupted / "prototypes", ["label", "index"]),
                "distilled": table(interrupted / "distilled", ["id"])}
     (interrupted / "prototypes" / "_STARTED.json").unlink()
-    for stage in ("quantize", "synthesize"):
-        subprocess.run([RAYDISTILL, stage, "--out", str(interrupted), *ARGS], check=True, capture_output=True,
-                       timeout=900)
+    run_stages(("quantize", "synthesize"), "--out", str(interrupted), *ARGS)
     assert table(interrupted / "prototypes", ["label", "index"]) == resumed["prototypes"]
     assert table(interrupted / "distilled", ["id"]) == resumed["distilled"]
+
+
+def test_an_encoder_actor_killed_mid_stage_changes_nothing_and_actor_counts_change_nothing(ray_local, tmp_path):
+    """Two encoder actors, one killed mid-stage: Ray replaces it, and every image is encoded exactly once. The
+    latents, prototypes and images then equal, byte for byte, those of one actor of each kind, to which blocks
+    arrive in order."""
+    # DDIM inversion in the actor and small batches make the stage last long enough to kill an actor in it.
+    common = ["--prior", "dit-tiny", "--method", "ddoq", "--space", "noise", "--decode", "ddim", "--ipc", "2",
+              "--max-per-class", "12", "--set", "encode.batch_size=4", "--set", "synthesize.steps=5"]
+    killed, single = tmp_path / "two-actors-one-killed", tmp_path / "one-actor"
+    two_actors = ["--out", str(killed), "--set", "encode.actors=2", "--set", "synthesize.actors=2"]
+    log = tmp_path / "encode.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([RAYDISTILL, "encode", *common, *two_actors], stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
+    deadline = time.time() + 600  # generous: CI machines may be busy
+    while not list(killed.glob("latents/label=*/*.parquet")):
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    victims = actor_processes("Encoder")
+    assert victims, "no encoder actor to kill"
+    kill_process_tree(victims[0])
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    ids = pq.read_table(killed / "latents", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 120  # 12 per class of the ten digits
+    marker = json.loads((killed / "latents" / "_SUCCESS.json").read_text())
+    assert marker["rows"] == 120 and marker["skipped_images"] == 0
+
+    run_stages(("quantize", "synthesize"), *common, *two_actors)
+    run_stages(("encode", "quantize", "synthesize"), *common, "--out", str(single))
+    for folder, keys in (("latents", ["id"]), ("prototypes", ["label", "index"]), ("distilled", ["id"])):
+        assert table(killed / folder, keys) == table(single / folder, keys), folder

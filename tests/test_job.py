@@ -4,7 +4,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_process_tree
 
 BIN = Path(sys.executable).parent
 
@@ -26,8 +27,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def head_node(tmp_path):
-    """A head node of its own; stopped by ending its `ray start --block`, which leaves any other Ray alone
-    (`ray stop` would also end the test session's Ray)."""
+    """A head node of its own; stopped by killing its `ray start --block` process tree, which leaves any other Ray
+    alone (`ray stop` would also end the test session's Ray) and takes no graceful half minute."""
     ports = {name: free_port() for name in ("gcs", "dashboard", "agent", "metrics")}
     # Token auth on, with a token of the test's own (not whatever ~/.ray/auth_token holds), for head and client.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
@@ -53,7 +54,7 @@ def head_node(tmp_path):
                 time.sleep(1)
         yield url, ports["metrics"], env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        kill_process_tree(head.pid)
         head.wait(timeout=60)
 
 

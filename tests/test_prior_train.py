@@ -3,20 +3,23 @@
 import json
 import subprocess
 import sys
-import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import kill_process_tree
+from conftest import kill_process_tree, wait_for_registered_checkpoint
+from raydistill.config import PriorTrainSettings
 from raydistill.errors import UserError
 from raydistill.priors import load_prior
 from raydistill.priors.diffusion import DiffusionPrior, linear_schedule
 from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
+    warmup_factor,
 )
+from raydistill.stages.prior_train import denoiser_builder
 
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
 TEACHER = Path(__file__).resolve().parents[1].parent / "shared/weights/cifar10-resnet/resnet56.safetensors"
@@ -48,6 +51,48 @@ def test_a_few_steps_lower_the_loss_and_the_ema_follows():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
 
 
+class ZeroPredictor(torch.nn.Module):
+    """Predicts no noise, so each sample's error is the mean square of the noise that was added."""
+
+    def forward(self, noisy, timesteps, class_labels):
+        self.timesteps = timesteps
+        return types.SimpleNamespace(sample=torch.zeros_like(noisy))
+
+
+def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr():
+    alphas = torch.tensor(linear_schedule(), dtype=torch.float32)
+    latents, labels, model = torch.randn(64, 2, 4, 4), torch.zeros(64, dtype=torch.long), ZeroPredictor()
+    plain = denoising_loss(model, latents, labels, alphas, 1, 0.0, torch.Generator().manual_seed(3))
+    weighted = denoising_loss(model, latents, labels, alphas, 1, 0.0, torch.Generator().manual_seed(3), snr_gamma=5.0)
+    generator = torch.Generator().manual_seed(3)  # the same draws as inside: timesteps, then noise
+    timesteps = torch.randint(0, len(alphas), (64,), generator=generator)
+    errors = torch.randn(latents.shape, generator=generator).pow(2).flatten(1).mean(1)
+    snr = alphas[timesteps] / (1 - alphas[timesteps])
+    assert torch.equal(model.timesteps, timesteps)
+    torch.testing.assert_close(plain, errors.mean())
+    torch.testing.assert_close(weighted, (errors * snr.clamp(max=5.0) / snr).mean())
+    assert weighted < plain  # low-noise steps (SNR above gamma) count for less
+
+
+def test_warmup_rises_linearly_then_holds():
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def test_init_fine_tunes_a_copy_of_the_given_dit_and_checks_it_fits(saved_dit):
+    base = load_prior(f"dit:{saved_dit}")
+    build, null_class = denoiser_builder(PriorTrainSettings(init=str(saved_dit)), base.latent_shape, 10)
+    model = build()
+    assert null_class == base.null_class and model.training
+    assert all(p.requires_grad for p in model.parameters())
+    for trained, original in zip(model.parameters(), base.denoiser.parameters()):
+        assert torch.equal(trained, original) and trained.data_ptr() != original.data_ptr()
+    with pytest.raises(UserError, match="at least as many classes"):
+        denoiser_builder(PriorTrainSettings(init=f"dit:{saved_dit}"), base.latent_shape, base.num_classes + 1)
+    with pytest.raises(UserError, match="same autoencoder"):
+        denoiser_builder(PriorTrainSettings(init=str(saved_dit)), (4, 8, 8), 10)
+
+
 def test_holdout_split_is_stable_and_about_the_share():
     ids = [f"img-{i}" for i in range(20_000)]
     held = [i for i in ids if is_held_out(i, 0.05)]
@@ -76,10 +121,7 @@ def test_killed_prior_training_resumes_and_writes_a_loadable_prior(encoded_digit
     command = [RAYDISTILL, "prior", "train", "--latents", str(encoded_digits / "latents"), "--out", str(out),
                "--preset", "tiny", "--steps", "40", "--checkpoint-every", "10", "--batch-size", "16"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600  # generous: CI machines may be busy
-    while not list(out.glob("train_state/prior/checkpoint_*")):
-        assert process.poll() is None and time.time() < deadline, "prior training never wrote a checkpoint"
-        time.sleep(0.2)
+    wait_for_registered_checkpoint(out, "train_state/prior", process)
     kill_process_tree(process.pid)
     process.wait()
     assert not (out / "training.json").exists()

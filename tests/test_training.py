@@ -4,14 +4,13 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import kill_process_tree
+from conftest import actor_processes, kill_process_tree, wait_for_registered_checkpoint
 from raydistill.train.augment import mix_batch
 from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
 
@@ -76,27 +75,31 @@ def test_two_workers_give_the_gradient_of_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_from_its_checkpoint(tmp_path):
-    """Kill the whole `raydistill run` after the first epoch checkpoint; the rerun resumes, epochs continuing."""
-    out = tmp_path / "run"
+def test_killed_worker_and_killed_run_both_resume_from_the_last_checkpoint(tmp_path):
+    """Kill the training worker after a checkpoint: Ray Train replaces it and it continues from that checkpoint.
+    Then kill the whole `raydistill run`: the rerun resumes from the last checkpoint, the epochs continuing."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
     command = [str(Path(sys.executable).parent / "raydistill"), "run", "--ipc", "2", "--out", str(out),
-               "--set", "evaluate.baseline=false", "--set", "train.epochs=30", "--set", "quantize.iterations=5"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600  # generous: CI machines may be busy
-    def checkpoints():
-        return [p for p in out.glob("train_state/*/method-convnet3/checkpoint_*") if p.is_dir()]
+               "--set", "evaluate.baseline=false", "--set", "train.epochs=40", "--set", "quantize.iterations=5"]
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+    training = "train_state/*/method-convnet3"
+    first = wait_for_registered_checkpoint(out, training, process)
+    workers = actor_processes("RayTrainWorker")
+    assert len(workers) == 1
+    kill_process_tree(workers[0])
+    resumed = wait_for_registered_checkpoint(out, training, process, accept=lambda m: m["start_epoch"] > 0)
+    assert resumed["start_epoch"] >= first["epoch"], log.read_text()[-3000:]
 
-    while not checkpoints():
-        assert process.poll() is None and time.time() < deadline, "training never wrote a checkpoint"
-        time.sleep(0.2)
     kill_process_tree(process.pid)
     process.wait()
     assert not (out / "students" / "_SUCCESS.json").exists()
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     metrics = json.loads((out / "students" / "convnet3" / "metrics.json").read_text())
-    assert metrics["epochs"] == 30
-    assert 1 <= metrics["resumed_from_epoch"] < 30
-    assert len(checkpoints()) == 2  # only the last two are kept
+    assert metrics["epochs"] == 40
+    assert resumed["epoch"] <= metrics["resumed_from_epoch"] < 40
+    checkpoints = [p for p in out.glob("train_state/*/method-convnet3/checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 2  # only the last two are kept
 
 
 def tiny_trainer(epochs=6, mix="cutmix"):

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raydistill.errors import UserError
@@ -54,7 +53,8 @@ def disable_builtin_label_dropout(model: nn.Module) -> None:
 
 
 def denoising_loss(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
-                   null_class: int, label_dropout: float, generator: torch.Generator | None = None) -> torch.Tensor:
+                   null_class: int, label_dropout: float, generator: torch.Generator | None = None,
+                   snr_gamma: float = 0.0) -> torch.Tensor:
     """The DDPM noise-prediction objective: MSE between the noise added at a uniform timestep and its prediction.
 
     Args:
@@ -65,6 +65,7 @@ def denoising_loss(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor
         null_class: the label that stands for "no class".
         label_dropout: probability of replacing a label by the null class (classifier-free guidance training).
         generator: for the timesteps, noise and dropout (None: the global RNG).
+        snr_gamma: above 0, each sample's error is weighted by min(SNR, gamma) / SNR (Min-SNR); 0: unweighted.
     """
     n, device = len(latents), latents.device
     timesteps = torch.randint(0, len(alphas_cumprod), (n,), device=device, generator=generator)
@@ -74,7 +75,16 @@ def denoising_loss(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor
     dropped = torch.rand(n, device=device, generator=generator) < label_dropout
     labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
     prediction = model(noisy, timesteps, class_labels=labels).sample[:, : latents.shape[1]]
-    return F.mse_loss(prediction.float(), noise)
+    errors = (prediction.float() - noise).pow(2).flatten(1).mean(1)
+    if snr_gamma > 0:
+        snr = alpha.flatten() / (1 - alpha.flatten())
+        errors = errors * snr.clamp(max=snr_gamma) / snr
+    return errors.mean()
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The share of the learning rate used at `step` (0-based): rising linearly to 1 over `warmup_steps`."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
 def ema_copy(model: nn.Module) -> nn.Module:

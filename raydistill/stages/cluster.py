@@ -52,5 +52,7 @@ def gpus_per_actor(configured: float | None) -> float:
 
 
 def cpus_per_actor(actors: int) -> float:
-    """CPUs for each of `actors` CPU model actors, leaving one CPU for the read and decode tasks."""
-    return max(1.0, (cluster_cpus() - 1) // max(actors, 1))
+    """CPUs for each of `actors` CPU model actors, leaving one CPU for the read and decode tasks: a pool that
+    took every CPU would wait forever for input no task can read. Shares may be fractional (two actors on a
+    3-CPU machine get one each; on a 2-CPU machine, half each)."""
+    return max(1.0, cluster_cpus() - 1) / max(actors, 1)

@@ -11,8 +11,9 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,56 +23,17 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from raydistill.config import PriorTrainSettings
 from raydistill.errors import UserError
 from raydistill.metrics import record
 from raydistill.priors.diffusion import linear_schedule
 from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
-    write_prior_directory,
+    warmup_factor, write_prior_directory,
 )
 from raydistill.stages.cluster import cluster_cpus, cluster_gpus
 
 STATE_FILE = "state.pt"
-
-
-@dataclass(frozen=True)
-class PriorTrainSettings:
-    """Attributes:
-    preset: a DIT_PRESETS name (ignored with `init`).
-    init: a `dit:` directory or hub id whose transformer is fine-tuned instead of a fresh one.
-    steps: optimiser steps per worker.
-    batch_size: latents per step per worker.
-    lr, weight_decay: AdamW.
-    ema_decay: decay of the EMA weights that are written.
-    label_dropout: share of labels replaced by the null class (classifier-free guidance).
-    holdout: share of images (by a hash of the id) kept out of training for `prior eval`'s loss.
-    checkpoint_every: steps between checkpoints (the last step is always checkpointed).
-    seed: initialisation and noise.
-    """
-
-    preset: str = "cifar-cpu"
-    init: str | None = None
-    steps: int = 20_000
-    batch_size: int = 128
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    label_dropout: float = 0.1
-    holdout: float = 0.02
-    checkpoint_every: int = 1000
-    seed: int = 0
-
-
-def check_settings(settings: PriorTrainSettings, workers: int) -> None:
-    """Values a user can get wrong, checked before Ray starts."""
-    for name in ("steps", "batch_size", "checkpoint_every"):
-        if getattr(settings, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(settings, name)}")
-    if workers <= 0:
-        raise UserError(f"--workers must be positive, got {workers}")
-    for name in ("ema_decay", "label_dropout", "holdout"):
-        if not 0 <= getattr(settings, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(settings, name)}")
 
 
 def read_latent_run(latents: str) -> dict:
@@ -153,7 +115,9 @@ def prior_train_worker(config: dict) -> None:
             latents = batch["latent"].view(-1, *shape) * scale
             with autocast:
                 loss = denoising_loss(model, latents, batch["label"], alphas, config["null_class"],
-                                      settings.label_dropout, generator)
+                                      settings.label_dropout, generator, settings.snr_gamma)
+            for group in optimizer.param_groups:  # from the step alone, so a resumed run continues the ramp
+                group["lr"] = settings.lr * warmup_factor(step, settings.warmup_steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -178,6 +142,25 @@ def prior_train_worker(config: dict) -> None:
                 break
 
 
+def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int, int],
+                     num_classes: int) -> tuple[Callable[[], torch.nn.Module], int]:
+    """A function that builds the denoiser to train (a fresh preset, or a trainable copy of `settings.init`'s),
+    and its null class. Checks the preset, or loads the init prior, before Ray starts."""
+    if settings.init is None:
+        build_dit(settings.preset, latent_shape, num_classes)
+        return lambda: build_dit(settings.preset, latent_shape, num_classes), num_classes
+    from raydistill.priors import load_prior
+
+    base = load_prior(settings.init if settings.init.startswith("dit:") else f"dit:{settings.init}")
+    # Fewer classes than the base knows is fine (their labels take its first slots, as D3HR fine-tunes DiT).
+    if base.num_classes < num_classes or base.latent_shape != tuple(latent_shape):
+        raise UserError(f"--init {settings.init} denoises {base.num_classes} classes of {base.latent_shape} latents, "
+                        f"but the latents hold {num_classes} classes of {tuple(latent_shape)}: fine-tune a prior "
+                        f"built for the same autoencoder and at least as many classes, or train from scratch with "
+                        f"--preset")
+    return lambda: ema_copy(base.denoiser).train().requires_grad_(True), base.null_class
+
+
 def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: int = 1,
                 use_gpu: bool | None = None) -> dict:
     """Trains a DiT on the latents of a finished encode stage and writes a `dit:OUT` prior directory.
@@ -188,22 +171,7 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     run = read_latent_run(latents)
     num_classes = len(run["class_names"])
     shape = run["latent_shape"]
-    if settings.init is not None:
-        from raydistill.priors import load_prior
-
-        base = load_prior(f"dit:{settings.init}" if not settings.init.startswith("dit:") else settings.init)
-
-        def build():
-            return ema_copy(base.denoiser).train().requires_grad_(True)
-
-        null_class = base.null_class
-    else:
-        build_dit(settings.preset, shape, num_classes)  # fail on a bad preset before Ray starts
-
-        def build():
-            return build_dit(settings.preset, shape, num_classes)
-
-        null_class = num_classes
+    build, null_class = denoiser_builder(settings, shape, num_classes)
     scale = latent_scale(run["folder"])
     use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
     # One CPU stays free for Ray Data's read tasks; the workers' torch threads still use every core, since reading
