@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +56,25 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
+def run_sampling_rss(command: list[str]) -> tuple[float, list[tuple[float, float]]]:
+    """Runs `command`, sampling its resident memory twice a second; returns its seconds and (second, MiB) samples.
+    Exits with the command's output if it fails."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as printed:  # a file, not a pipe: a full pipe would stall the command
+        process = subprocess.Popen(command, stdout=printed, stderr=subprocess.STDOUT, text=True)
+        samples = []
+        while process.poll() is None:
+            try:
+                samples.append((time.perf_counter() - started, rss_mb(process.pid)))
+            except (OSError, StopIteration):
+                pass  # the process is ending
+            time.sleep(0.5)
+        if process.returncode:
+            printed.seek(0)
+            sys.exit(f"{' '.join(command[:2])} failed:\n{printed.read()[-3000:]}")
+    return time.perf_counter() - started, samples
+
+
 def spilled_mb(session_logs: Path) -> float:
     """The largest "Spilled N MiB" the raylet logged (it logs running totals), 0 if it never spilled."""
     totals = [float(m) for log in session_logs.glob("raylet*.out")
@@ -75,21 +95,8 @@ def main() -> None:
     data, run = out / f"data-{args.images}", out / "run"
     write_shards(data, args.images)
     sessions_before = set(Path("/tmp/ray").glob("session_2*"))
-    started = time.perf_counter()
-    process = subprocess.Popen([RAYDISTILL, "encode", "--data", str(data), "--prior", "pixel", "--out", str(run),
-                                "--set", f"ray.object_store_mb={args.object_store_mb}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    samples = []  # (seconds, RSS MiB)
-    while process.poll() is None:
-        try:
-            samples.append((time.perf_counter() - started, rss_mb(process.pid)))
-        except (OSError, StopIteration):
-            pass  # the process is ending
-        time.sleep(0.5)
-    printed = process.stdout.read()
-    seconds = time.perf_counter() - started
-    if process.returncode:
-        sys.exit(f"encode failed:\n{printed[-3000:]}")
+    seconds, samples = run_sampling_rss([RAYDISTILL, "encode", "--data", str(data), "--prior", "pixel", "--out",
+                                         str(run), "--set", f"ray.object_store_mb={args.object_store_mb}"])
     marker = json.loads((run / "latents" / "_SUCCESS.json").read_text())
     ids = pq.read_table(run / "latents", columns=["id"]).column("id")
     sessions = sorted(set(Path("/tmp/ray").glob("session_2*")) - sessions_before)

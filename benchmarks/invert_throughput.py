@@ -66,6 +66,37 @@ def rate(call, batch: dict, batches: int) -> float:
     return batches * len(batch["label"]) / (time.perf_counter() - start)
 
 
+def measure(batch_size: int, batches: int, threads: int) -> dict:
+    """Images/s of encode, encode + invert and sample + decode on this machine's device, and the DiT's achieved
+    TFLOP/s (and share of the bf16 peak) where it is a GPU."""
+    gpu = torch.cuda.is_available()
+    spec, resolution = dit_xl_prior() if gpu else ("dit-tiny", 32)
+    device = torch.cuda.get_device_name() if gpu else f"cpu ({threads} thread{'s' * (threads > 1)})"
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(batch_size, resolution, resolution, 3), dtype=np.uint8)
+    labels = rng.integers(0, 1000, size=batch_size)
+    batch = {"image": images, "label": labels, "id": np.arange(batch_size)}
+    inversion = {"t_end": T_END, "steps": STEPS, "guidance": GUIDANCE}
+    common = {"prior_spec": spec, "resolution": resolution, "num_cpus": threads, "run": "bench"}
+    encode_only = rate(Encoder(**common), batch, batches)
+    encode_invert = rate(Encoder(**common, inversion=inversion), batch, batches)
+    latent_side = resolution // 8 if gpu else resolution // 2
+    points = rng.normal(size=(batch_size, 4 * latent_side * latent_side)).astype(np.float32)
+    prototypes = {"point": list(points), "label": labels, "index": np.arange(batch_size),
+                  "weight": np.full(batch_size, 1.0)}
+    sampling = {"t_start": T_END, "steps": STEPS, "guidance": GUIDANCE, "seed": 0, "from_latents": False}
+    decoder = Decoder(**common, latent_shape=[4, latent_side, latent_side], image_size=resolution, sampling=sampling)
+    sample_decode = rate(decoder, prototypes, batches)
+    result = {"device": device, "prior": spec, "batch_size": batch_size, "encode_images_per_s": encode_only,
+              "encode_invert_images_per_s": encode_invert, "sample_decode_images_per_s": sample_decode,
+              "model_passes_per_image": 2 * DDIM_PASSES}
+    if gpu:
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device), None)
+        result["invert_tflops"] = encode_invert * 2 * DDIM_PASSES * DIT_XL_GFLOPS / 1e3
+        result["fraction_of_bf16_peak"] = result["invert_tflops"] / peak if peak else None
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 timed batches of 16")
@@ -75,39 +106,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.batch_size = 2, 16
-    gpu = torch.cuda.is_available()
-    spec, resolution = dit_xl_prior() if gpu else ("dit-tiny", 32)
-    device = torch.cuda.get_device_name() if gpu else f"cpu ({args.threads} thread{'s' * (args.threads > 1)})"
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(args.batch_size, resolution, resolution, 3), dtype=np.uint8)
-    labels = rng.integers(0, 1000, size=args.batch_size)
-    batch = {"image": images, "label": labels, "id": np.arange(args.batch_size)}
-    inversion = {"t_end": T_END, "steps": STEPS, "guidance": GUIDANCE}
-    common = {"prior_spec": spec, "resolution": resolution, "num_cpus": args.threads, "run": "bench"}
-    encode_only = rate(Encoder(**common), batch, args.batches)
-    encode_invert = rate(Encoder(**common, inversion=inversion), batch, args.batches)
-    latent_side = resolution // 8 if gpu else resolution // 2
-    points = rng.normal(size=(args.batch_size, 4 * latent_side * latent_side)).astype(np.float32)
-    prototypes = {"point": list(points), "label": labels, "index": np.arange(args.batch_size),
-                  "weight": np.full(args.batch_size, 1.0)}
-    sampling = {"t_start": T_END, "steps": STEPS, "guidance": GUIDANCE, "seed": 0, "from_latents": False}
-    decoder = Decoder(**common, latent_shape=[4, latent_side, latent_side], image_size=resolution, sampling=sampling)
-    sample_decode = rate(decoder, prototypes, args.batches)
-    result = {"device": device, "prior": spec, "batch_size": args.batch_size, "encode_images_per_s": encode_only,
-              "encode_invert_images_per_s": encode_invert, "sample_decode_images_per_s": sample_decode,
-              "model_passes_per_image": 2 * DDIM_PASSES}
-    print(f"{spec} on {device}, batch {args.batch_size}, {DDIM_PASSES} DDIM steps with guidance (2 passes each)")
+    result = measure(args.batch_size, args.batches, args.threads)
+    print(f"{result['prior']} on {result['device']}, batch {args.batch_size}, {DDIM_PASSES} DDIM steps with guidance "
+          f"(2 passes each)")
     for key in ("encode_images_per_s", "encode_invert_images_per_s", "sample_decode_images_per_s"):
         print(f"{key:32s} {result[key]:10.2f}")
-    if gpu:
-        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device), None)
-        achieved = encode_invert * 2 * DDIM_PASSES * DIT_XL_GFLOPS / 1e3
-        result["invert_tflops"] = achieved
-        result["fraction_of_bf16_peak"] = achieved / peak if peak else None
-        print(f"inversion runs the DiT at {achieved:.0f} TFLOP/s"
-              + (f", {achieved / peak:.0%} of the {peak:.0f} TFLOP/s bf16 peak" if peak else ""))
+    if "invert_tflops" in result:
+        print(f"inversion runs the DiT at {result['invert_tflops']:.0f} TFLOP/s"
+              + (f", {result['fraction_of_bf16_peak']:.0%} of the bf16 peak" if result["fraction_of_bf16_peak"]
+                 else ""))
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
-
 
 if __name__ == "__main__":
     main()

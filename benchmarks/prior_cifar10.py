@@ -49,9 +49,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     recipe = {"lr": args.lr, "warmup_steps": args.warmup_steps, "snr_gamma": args.snr_gamma}
     encoded, prior = out / "encoded", out / f"prior-lr{args.lr:g}-warmup{args.warmup_steps}-snr{args.snr_gamma:g}"
-    subprocess.run([RAYDISTILL, "encode", "--data", str(SHARED / "data/cifar10"), "--prior",
-                    f"taef2:{SHARED / 'weights/taef2'}", "--out", str(encoded), *subset], check=True,
-                   stdout=subprocess.DEVNULL)
+    if not (encoded / "latents" / "_SUCCESS.json").exists():  # `raydistill encode` always redoes the stage
+        subprocess.run([RAYDISTILL, "encode", "--data", str(SHARED / "data/cifar10"), "--prior",
+                        f"taef2:{SHARED / 'weights/taef2'}", "--out", str(encoded), *subset], check=True,
+                       stdout=subprocess.DEVNULL)
     log = out / "results.jsonl"
     recorded = map(json.loads, log.read_text().splitlines()) if log.exists() else []
     done = {r["steps"]: r for r in recorded if r["recipe"] == recipe}

@@ -95,7 +95,7 @@ class QuantizeConfig:
     """Per-class quantization.
 
     Attributes:
-        method: quantizer name (ddoq, kmeans, d3hr, random).
+        method: quantizer name (ddoq, kmeans, d3hr, dsco, random).
         ipc: prototypes (images) per class.
         space: what is quantized: "latent" (the VAE latents) or "noise" (their DDIM inversion, as in D3HR and
             DDOQ-DiT); None means "noise" for d3hr and "latent" for the others.
@@ -127,17 +127,27 @@ class SynthesizeConfig:
         decode: "nearest" uses the real image whose latent is nearest to each prototype (a weighted k-medoid
             coreset); "decoder" runs the prior's decoder on the prototype itself; "ddim" samples the prototype back
             to t = 0 with the prior's denoiser and then decodes it (from noise prototypes directly, from latent
-            prototypes after noising them to `strength`, i.e. img2img). None means "ddim" for noise prototypes and
-            "nearest" for latent ones.
+            prototypes after noising them to `strength`, i.e. img2img); "dsco" runs DsCo's optimised sampling chain
+            from the `dsco` quantizer's starting noises, one class at a time. None means "dsco" for the dsco method,
+            "ddim" for noise prototypes and "nearest" for latent ones.
         steps: steps of the DDIM sampling grid over the whole schedule.
         guidance: classifier-free guidance scale of the sampling; None uses the prior's default.
         strength: img2img noise level of latent prototypes, as a fraction of the schedule (D4M: 0.7).
+        noise_iterations, noise_lr, noise_momentum: DsCo's SGD on the injected noise at each step (paper: 200,
+            0.1, 0.9).
+        norm_weight: weight of DsCo's norm term next to its sort term.
+        eta: stochasticity of DsCo's sampling chain (1: DDPM-like; its injected noise is what is optimised).
     """
 
     decode: str | None = None
     steps: int = 50
     guidance: float | None = None
     strength: float = 0.7
+    noise_iterations: int = 200
+    noise_lr: float = 0.1
+    noise_momentum: float = 0.9
+    norm_weight: float = 1.0
+    eta: float = 1.0
     batch_size: int = resource(32)
     actors: int = resource(1)
     gpus_per_actor: float | None = resource(None)
@@ -233,6 +243,8 @@ def decode_method(config: RunConfig) -> str:
     """How the method's prototypes become images (the random baseline always takes its real images)."""
     if config.synthesize.decode is not None:
         return config.synthesize.decode
+    if config.quantize.method == "dsco":
+        return "dsco"
     return "ddim" if quantize_space(config) == "noise" else "nearest"
 
 

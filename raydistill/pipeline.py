@@ -116,6 +116,17 @@ def validate_diffusion(config: RunConfig) -> None:
         if decode == "decoder":
             raise UserError("noise prototypes cannot go straight through the VAE decoder: use --decode ddim "
                             "(sample them back first) or --decode nearest")
+    if (q.method == "dsco") != (decode == "dsco"):
+        raise UserError("DsCo's sampling starts from the dsco method's noises and nothing else: use --method dsco "
+                        "with --decode dsco (its default), or another method with another decoder")
+    if decode == "dsco" and quantize_space(config) != "latent":
+        raise UserError("dsco matches the class's latents, not their inversion: drop quantize.space=noise")
+    synth = config.synthesize
+    if synth.noise_iterations < 0 or synth.noise_lr < 0 or not 0 <= synth.noise_momentum < 1 or synth.norm_weight < 0:
+        raise UserError("synthesize.noise_iterations, noise_lr and norm_weight must not be negative and "
+                        "synthesize.noise_momentum must be in [0, 1)")
+    if not 0 < synth.eta <= 1:
+        raise UserError(f"synthesize.eta must be in (0, 1] (0 would inject no noise to optimise), got {synth.eta}")
     if not 0 < config.synthesize.strength <= 1:
         raise UserError(f"synthesize.strength must be in (0, 1], got {config.synthesize.strength}")
     if q.method == "d3hr":
@@ -130,10 +141,10 @@ def validate_diffusion(config: RunConfig) -> None:
 
 def check_prior_for(config: RunConfig, prior: Prior, num_classes: int) -> None:
     """A run that inverts or samples needs a diffusion prior that knows every class and the configured levels."""
-    inverting, sampling = inverts(config), decode_method(config) == "ddim"
+    inverting, sampling = inverts(config), decode_method(config) in ("ddim", "dsco")
     if not (inverting or sampling):
         return
-    purpose = "DDIM inversion (quantize.space noise)" if inverting else "--decode ddim"
+    purpose = "DDIM inversion (quantize.space noise)" if inverting else f"--decode {decode_method(config)}"
     diffusion = require_denoiser(prior, purpose)
     if num_classes > diffusion.num_classes:
         raise UserError(f"the data has {num_classes} classes but prior {prior.name!r} knows "
@@ -142,8 +153,12 @@ def check_prior_for(config: RunConfig, prior: Prior, num_classes: int) -> None:
     if inverting:
         checks.append(("encode", config.encode.t_end, config.encode.steps, config.encode.guidance))
     if sampling:
-        t_start = (config.encode.t_end if quantize_space(config) == "noise"
-                   else img2img_timestep(config.synthesize.strength, diffusion.train_timesteps))
+        if decode_method(config) == "dsco":
+            t_start = diffusion.train_timesteps - 1
+        elif quantize_space(config) == "noise":
+            t_start = config.encode.t_end
+        else:
+            t_start = img2img_timestep(config.synthesize.strength, diffusion.train_timesteps)
         checks.append(("synthesize", t_start, config.synthesize.steps, config.synthesize.guidance))
     for section, level, steps, guidance in checks:
         timestep_grid(diffusion.train_timesteps, steps, level)

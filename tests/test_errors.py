@@ -51,7 +51,11 @@ def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], co
     "args, message",
     [
         (["--data", "/no/such/folder"], "/no/such/folder"),
-        (["--method", "kmedoids"], "unknown quantizer 'kmedoids'; valid quantizers: d3hr, ddoq, kmeans, random"),
+        (["--method", "kmedoids"], "unknown quantizer 'kmedoids'; valid quantizers: d3hr, ddoq, dsco, kmeans, random"),
+        (["--method", "dsco", "--prior", "dit-tiny", "--decode", "ddim"], "DsCo's sampling starts from the dsco"),
+        (["--method", "kmeans", "--prior", "dit-tiny", "--decode", "dsco"], "DsCo's sampling starts from the dsco"),
+        (["--method", "dsco", "--prior", "tiny"], "needs a diffusion prior, but 'tiny' is an autoencoder only"),
+        (["--method", "dsco", "--prior", "dit-tiny", "--set", "synthesize.eta=0"], "synthesize.eta must be in"),
         (["--method", "d3hr", "--prior", "tiny"], "needs a diffusion prior, but 'tiny' is an autoencoder only"),
         (["--method", "d3hr", "--ipc", "1"], "d3hr needs at least 2 images per class"),
         (["--space", "noise", "--decode", "decoder"], "noise prototypes cannot go straight through the VAE decoder"),

@@ -173,3 +173,21 @@ def test_d4m_img2img_with_a_text_conditioned_prior(ray_local, tmp_path):
     images = [png_decode(data) for data in distilled.column("image").to_pylist()]
     assert len(images) == 20 and all(image.shape == (32, 32, 3) for image in images)
     assert len({image.tobytes() for image in images}) == 20
+
+
+def test_dsco_through_synthesize_on_a_diffusion_prior(ray_local, tmp_path):
+    """DsCo's starting noises from quantize, then its optimised chain, one class per synthesize actor call (the
+    stages after synthesize do not depend on the method)."""
+    out = tmp_path / "dsco"
+    args = ["--method", "dsco", "--prior", "dit-tiny", "--ipc", "2", "--max-per-class", "10", "--out", str(out),
+            "--set", "synthesize.steps=4", "--set", "synthesize.noise_iterations=5"]
+    for stage in ("encode", "quantize", "synthesize"):
+        invoke(stage, *args)
+    assert json.loads((out / "latents" / "_SUCCESS.json").read_text())["inversion"] is None  # pure noise, no inversion
+    prototypes = pq.read_table(out / "prototypes")
+    assert set(prototypes.column("method").to_pylist()) == {"dsco"} and prototypes.num_rows == 20
+    distilled = pq.read_table(out / "distilled").sort_by([("label", "ascending"), ("prototype", "ascending")])
+    assert distilled.column("id").to_pylist()[:2] == ["0-0", "0-1"]
+    np.testing.assert_allclose(distilled.column("weight").to_numpy(), 0.5)
+    images = [png_decode(data) for data in distilled.column("image").to_pylist()]
+    assert len({image.tobytes() for image in images}) == 20

@@ -148,6 +148,9 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: 
     }
 
 
+DECODE_TASK_MEMORY = 256 * 2**20
+
+
 def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = "",
                    ledger: "ray.actor.ActorHandle | None" = None) -> ray.data.Dataset:
     """Decodes and resizes every image of a Ray Dataset in CPU tasks.
@@ -167,4 +170,8 @@ def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = 
         batch_format="numpy",
         batch_size=256,
         num_cpus=1,
+        # Room for a batch of decoded images and the decoder's buffers. Asking for it also keeps Ray Data from fusing
+        # the decoding into a following model actor pool that asks for the same CPUs (it fuses operators whose
+        # remote arguments are equal), which would decode serially inside the actor, not in tasks beside it.
+        memory=DECODE_TASK_MEMORY,
     )

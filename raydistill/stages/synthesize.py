@@ -2,14 +2,17 @@
 
 `decoder` runs the prior's decoder on each prototype in an actor pool; `ddim` first samples each prototype back to
 t = 0 with the prior's denoiser, in the same pool (noise prototypes from the encode stage's `t_end`, latent ones
-after noising them to `strength`). `nearest` streams the real images whose
-latents are nearest to the prototypes (found by the quantize tasks) through the CPU decode tasks: a weighted
-k-medoid coreset with no generative decoder. distilled/weight is the prototype's weight; the train stage applies
-`train.weight_transform`, so tempering the weights never redoes synthesis.
+after noising them to `strength`). `dsco` runs DsCo's optimised sampling chain from the `dsco` quantizer's starting
+noises, one class per actor call (its quantile pivots come from that class's latents). `nearest` streams the real
+images whose latents are nearest to the prototypes (found by the quantize tasks) through the CPU decode tasks: a
+weighted k-medoid coreset with no generative decoder. distilled/weight is the prototype's weight; the train stage
+applies `train.weight_transform`, so tempering the weights never redoes synthesis.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -24,13 +27,17 @@ from raydistill.data import decode_dataset
 from raydistill.errors import UserError
 from raydistill.imaging import png_bytes, to_uint8
 from raydistill.metrics import count
+from raydistill.rundir import RunDir
 from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.encode import actor_prior, class_conditioning, written_class_counts
-from raydistill.stages.quantize import prototypes_per_class
+from raydistill.stages.quantize import prototypes_per_class, read_class_latents
 from raydistill.synthesize.ddim import sample_latents
+from raydistill.synthesize.dsco import dsco_sample
 
-DECODERS = ("nearest", "decoder", "ddim")
+log = logging.getLogger("raydistill")
+
+DECODERS = ("nearest", "decoder", "ddim", "dsco")
 
 
 def distilled_table(ids, labels, images: np.ndarray, weights, prototypes, run: str) -> pa.Table:
@@ -80,6 +87,40 @@ class Decoder:
                               plan["steps"], plan["guidance"], row_seeds=seeds)
 
 
+class DscoDecoder(Decoder):
+    """Ray Data actor for DsCo: gets all starting noises of one class (a `map_groups` group), runs the optimised
+    chain against that class's latents, and decodes."""
+
+    def __init__(self, run_uri: str, dsco: dict, **decoder_args):
+        super().__init__(**decoder_args)
+        self.rundir = RunDir(run_uri)
+        self.dsco = dsco
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        order = np.argsort(batch["index"])
+        batch = {name: np.asarray(values)[order] for name, values in batch.items()}
+        label = int(batch["label"][0])
+        start = torch.from_numpy(np.stack(batch["point"]).astype(np.float32).reshape(-1, *self.latent_shape))
+        _, real = read_class_latents(self.rundir, label)
+        real = torch.from_numpy(real).view(-1, *self.latent_shape)
+        started = time.perf_counter()
+        latents, losses = dsco_sample(self.prior, label, start, real, **self.dsco)
+        log.info("dsco class %d: %d samples in %.1f s, sort loss %.4f -> %.4f", label, len(start),
+                 time.perf_counter() - started, losses["sort_loss_before"], losses["sort_loss_after"])
+        with torch.inference_mode():
+            images = self.prior.decode(latents)
+        ids = [f"{label}-{index}" for index in batch["index"]]
+        return distilled_table(ids, batch["label"], to_uint8(images, self.image_size), batch["weight"], batch["index"],
+                               self.run)
+
+
+def dsco_settings(ctx: Context) -> dict:
+    """DscoDecoder's `dsco` argument: `dsco_sample`'s settings from the config."""
+    cfg = ctx.config.synthesize
+    return {"steps": cfg.steps, "guidance": cfg.guidance, "seed": ctx.config.seed, "iterations": cfg.noise_iterations,
+            "lr": cfg.noise_lr, "momentum": cfg.noise_momentum, "norm_weight": cfg.norm_weight, "eta": cfg.eta}
+
+
 def sampling_settings(ctx: Context) -> dict:
     """The Decoder's `sampling` argument: start where encode inverted to, or img2img from latent prototypes."""
     cfg = ctx.config
@@ -117,25 +158,29 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
     cfg = ctx.config
     source_folder = variant.folder("prototypes")
     decode = "nearest" if variant.method == "random" else decode_method(cfg)
-    if decode in ("decoder", "ddim"):
+    if decode in ("decoder", "ddim", "dsco"):
         gpus = gpus_per_actor(cfg.synthesize.gpus_per_actor)
         cpus = 1.0 if gpus else cpus_per_actor(cfg.synthesize.actors)
         prototypes = ray.data.read_parquet(
             ctx.rundir.files(source_folder, suffix=".parquet"), filesystem=ctx.rundir.fs,
         ).select_columns(["label", "index", "point", "weight"])
-        images = prototypes.map_batches(
-            Decoder,
-            fn_constructor_kwargs={
-                "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
-                "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.rundir.name,
-                "sampling": sampling_settings(ctx) if decode == "ddim" else None, "classes": class_conditioning(ctx),
-            },
-            compute=ActorPoolStrategy(size=cfg.synthesize.actors),
-            batch_size=cfg.synthesize.batch_size,
-            batch_format="numpy",
-            num_gpus=gpus,
-            num_cpus=cpus,
-        )
+        decoder_args = {
+            "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
+            "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.rundir.name,
+            "classes": class_conditioning(ctx),
+        }
+        pool = {"compute": ActorPoolStrategy(size=cfg.synthesize.actors), "batch_format": "numpy", "num_gpus": gpus,
+                "num_cpus": cpus}
+        if decode == "dsco":
+            images = prototypes.groupby("label").map_groups(
+                DscoDecoder,
+                fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "dsco": dsco_settings(ctx), **decoder_args},
+                **pool,
+            )
+        else:
+            sampling = sampling_settings(ctx) if decode == "ddim" else None
+            images = prototypes.map_batches(Decoder, fn_constructor_kwargs={**decoder_args, "sampling": sampling},
+                                            batch_size=cfg.synthesize.batch_size, **pool)
     else:
         table = read_prototypes(ctx, source_folder, ["label", "index", "weight", "nearest_id"])
         by_id: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
