@@ -86,6 +86,13 @@ def test_empty_data_folder(monkeypatch, capsys, tmp_path):
     assert code == 2 and "empty" in err
 
 
+def test_a_shard_that_is_not_parquet_is_named(monkeypatch, capsys, tmp_path):
+    data = write_shards(tmp_path / "data", {0: 4, 1: 4}, ["cat", "dog"])
+    (data / "train-00001-of-00002.parquet").write_text("not a parquet file")  # second of the train shards
+    code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "2", "--out", str(tmp_path / "r"))
+    assert code == 2 and "train-00001-of-00002.parquet is not a readable parquet file" in err
+
+
 def test_class_with_no_images(monkeypatch, capsys, tmp_path):
     data = write_shards(tmp_path / "data", {0: 4, 1: 4}, ["cat", "dog", "emu"])
     code, err = run_cli(monkeypatch, capsys, "run", "--data", str(data), "--ipc", "2", "--out", str(tmp_path / "r"))

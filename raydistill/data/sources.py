@@ -350,8 +350,15 @@ class ParquetSource(ImageSource):
         self.files = files
         self._location = location
         with location.fs.open_input_file(files[0]) as f:
-            self._has_id = self._check_schema(pq.read_schema(f), files[0])
+            self._has_id = self._check_schema(self._parquet_file(f, files[0]).schema_arrow, files[0])
         self._class_names = _read_class_names(location)
+
+    def _parquet_file(self, handle, path: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(handle)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"{self._location.show(path)} is not a readable parquet file ({e}): replace or remove "
+                            f"it, or point --data at the folder of parquet shards") from e
 
     @functools.cached_property
     def class_names(self) -> list[str]:
@@ -387,7 +394,7 @@ class ParquetSource(ImageSource):
             where = self._location.show(path)
             start = 0
             with self._location.fs.open_input_file(path) as f:
-                parquet = pq.ParquetFile(f)
+                parquet = self._parquet_file(f, path)
                 if self._check_schema(parquet.schema_arrow, path) != self._has_id:
                     raise UserError(
                         f"parquet file {where} and {self._location.show(self.files[0])} differ in having an 'id' "
