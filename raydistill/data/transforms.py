@@ -152,7 +152,7 @@ DECODE_TASK_MEMORY = 256 * 2**20
 
 
 def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = "",
-                   ledger: "ray.actor.ActorHandle | None" = None) -> ray.data.Dataset:
+                   ledger: "ray.actor.ActorHandle | None" = None, block_rows: int | None = None) -> ray.data.Dataset:
     """Decodes and resizes every image of a Ray Dataset in CPU tasks.
 
     Args:
@@ -160,11 +160,14 @@ def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = 
         size: Side of the output images, in pixels.
         stage, run: tags of the decoded/skipped counters on the Ray dashboard.
         ledger: a SkipLedger to record the dropped images in.
+        block_rows: cut the decoded images into blocks of at most this many rows. A block is one call of the actor
+            pool that follows, so blocks of a few model batches spread the work evenly over the actors to the end
+            (small images otherwise make blocks of thousands of rows, and the last ones run on one actor alone).
 
     Returns:
         A lazy Dataset of rows `{id: str, label: int32, image: uint8 (size, size, 3)}` without the undecodable images.
     """
-    return ds.map_batches(
+    decoded = ds.map_batches(
         decode_batch,
         fn_kwargs={"size": size, "stage": stage, "run": run, "ledger": ledger},
         batch_format="numpy",
@@ -175,3 +178,4 @@ def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = 
         # remote arguments are equal), which would decode serially inside the actor, not in tasks beside it.
         memory=DECODE_TASK_MEMORY,
     )
+    return decoded.repartition(target_num_rows_per_block=block_rows) if block_rows else decoded

@@ -36,6 +36,10 @@ def connect(config: RayConfig) -> None:
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
+# Model batches per actor call: enough to amortise a call, few enough to keep every actor busy to the end.
+BATCHES_PER_CALL = 4
+
+
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 

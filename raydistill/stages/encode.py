@@ -21,7 +21,7 @@ from raydistill.imaging import to_tensor
 from raydistill.metrics import count
 from raydistill.priors import Prior, load_prior
 from raydistill.priors.diffusion import DiffusionPrior
-from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
+from raydistill.stages.cluster import BATCHES_PER_CALL, cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
 from raydistill.synthesize.ddim import invert_latents
 
@@ -109,7 +109,7 @@ def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
     ledger = SkipLedger.remote()
     images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.rundir.name,
-                            ledger=ledger)
+                            ledger=ledger, block_rows=BATCHES_PER_CALL * cfg.encode.batch_size)
     gpus = gpus_per_actor(cfg.encode.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.encode.actors)
     latents = images.map_batches(

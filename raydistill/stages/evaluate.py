@@ -15,7 +15,7 @@ from raydistill.data import decode_dataset
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
 from raydistill.rundir import RunDir
-from raydistill.stages.cluster import cpus_per_actor, gpus_per_actor
+from raydistill.stages.cluster import BATCHES_PER_CALL, cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.encode import model_device
 from raydistill.stages.train import load_student
@@ -55,7 +55,9 @@ def run(ctx: Context) -> StageOutput:
     folders = [variant.folder(f"students/{student}") for variant, student in keys]
     gpus = gpus_per_actor(cfg.evaluate.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
-    counts = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.rundir.name).map_batches(
+    images = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.rundir.name,
+                            block_rows=BATCHES_PER_CALL * cfg.evaluate.batch_size)
+    counts = images.map_batches(
         Evaluator,
         fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "folders": folders, "num_cpus": cpus},
         compute=ActorPoolStrategy(size=cfg.evaluate.actors),
