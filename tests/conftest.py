@@ -79,24 +79,9 @@ def wait_for_registered_checkpoint(out: Path, run_pattern: str, process, accept=
         time.sleep(0.1)
 
 
-def actor_processes(title: str) -> list[int]:
-    """Pids of the Ray worker processes whose title (`ray::<actor class>...`) contains `title`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().decode(errors="replace") if entry.name.isdigit() else ""
-        except OSError:
-            continue  # the process ended while we looked
-        if command.startswith("ray::") and title in command:
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_process_tree(pid: int) -> None:
-    """SIGKILLs a process, its process group and every descendant, like a crashed machine would: Ray's head
-    processes start in sessions of their own, and left alive they would hold ports that a later Ray needs."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a local Ray's head processes and workers descend from the driver)."""
     import os
-    import signal
 
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -112,6 +97,30 @@ def kill_process_tree(pid: int) -> None:
         current = frontier.pop()
         tree.append(current)
         frontier += children.get(current, [])
+    return tree
+
+
+def actor_processes(title: str, under: int) -> list[int]:
+    """Pids of the Ray worker processes descending from process `under` whose title (`ray::<actor class>...`)
+    contains `title`: only the test's own run, never another Ray on the machine."""
+    pids = []
+    for pid in process_tree(under):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # the process ended while we looked
+        if command.startswith("ray::") and title in command:
+            pids.append(pid)
+    return pids
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILLs a process, its process group and every descendant, like a crashed machine would: Ray's head
+    processes start in sessions of their own, and left alive they would hold ports that a later Ray needs."""
+    import os
+    import signal
+
+    tree = process_tree(pid)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -80,7 +80,7 @@ def test_an_encoder_actor_killed_mid_stage_changes_nothing_and_actor_counts_chan
     while not list(killed.glob("latents/label=*/*.parquet")):
         assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    victims = actor_processes("Encoder")
+    victims = actor_processes("Encoder", under=process.pid)
     assert victims, "no encoder actor to kill"
     kill_process_tree(victims[0])
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]

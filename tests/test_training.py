@@ -85,7 +85,7 @@ def test_killed_worker_and_killed_run_both_resume_from_the_last_checkpoint(tmp_p
         process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
     training = "train_state/*/method-convnet3"
     first = wait_for_registered_checkpoint(out, training, process)
-    workers = actor_processes("RayTrainWorker")
+    workers = actor_processes("RayTrainWorker", under=process.pid)
     assert len(workers) == 1
     kill_process_tree(workers[0])
     resumed = wait_for_registered_checkpoint(out, training, process, accept=lambda m: m["start_epoch"] > 0)
