@@ -44,15 +44,15 @@ def distortion(x: np.ndarray, centroids: np.ndarray) -> float:
 @ray.remote(num_cpus=1)
 def quantize_class(seed: int, points: int, dims: int, ipc: int, which: str) -> tuple[float, float]:
     """(seconds, distortion) of one quantizer on one synthetic class."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    from raydistill.quantize import QUANTIZERS  # imported before the clock starts, like the quantize task's
+
     x = class_points(seed, points, dims)
     started = time.perf_counter()
     if which == "ddoq":
-        from raydistill.quantize import QUANTIZERS
-
         centroids = QUANTIZERS.get("ddoq")(x, ipc, seed=seed).points
     else:
-        from sklearn.cluster import MiniBatchKMeans
-
         centroids = MiniBatchKMeans(n_clusters=ipc, random_state=seed).fit(x).cluster_centers_
     return time.perf_counter() - started, distortion(x, centroids)
 

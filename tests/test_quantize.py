@@ -86,5 +86,5 @@ def test_ipc_equal_to_class_size_keeps_every_point():
 
 
 def test_unknown_quantizer_lists_valid_ones():
-    with pytest.raises(UserError, match="unknown quantizer 'kmedoids'.*ddoq, kmeans, random"):
+    with pytest.raises(UserError, match="unknown quantizer 'kmedoids'.*ddoq, dsco, kmeans, random"):
         QUANTIZERS.get("kmedoids")
