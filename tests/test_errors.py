@@ -56,6 +56,8 @@ def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], co
         (["--method", "kmeans", "--prior", "dit-tiny", "--decode", "dsco"], "DsCo's sampling starts from the dsco"),
         (["--method", "dsco", "--prior", "tiny"], "needs a diffusion prior, but 'tiny' is an autoencoder only"),
         (["--method", "dsco", "--prior", "dit-tiny", "--set", "synthesize.eta=0"], "synthesize.eta must be in"),
+        (["--method", "dsco", "--prior", "dit-tiny", "--set", "synthesize.noise_momentum=1"], "noise_momentum must be"),
+        (["--method", "dsco", "--prior", "dit-tiny", "--space", "noise"], "drop quantize.space=noise"),
         (["--method", "d3hr", "--prior", "tiny"], "needs a diffusion prior, but 'tiny' is an autoencoder only"),
         (["--method", "d3hr", "--ipc", "1"], "d3hr needs at least 2 images per class"),
         (["--space", "noise", "--decode", "decoder"], "noise prototypes cannot go straight through the VAE decoder"),

@@ -93,6 +93,18 @@ def test_init_fine_tunes_a_copy_of_the_given_dit_and_checks_it_fits(saved_dit):
         denoiser_builder(PriorTrainSettings(init=str(saved_dit)), (4, 8, 8), 10)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("warmup_steps", -1, "--warmup-steps must not be negative, got -1"),
+    ("snr_gamma", -5.0, "--snr-gamma must not be negative, got -5.0"),
+    ("steps", 0, "--steps must be positive, got 0"),
+    ("ema_decay", 1.0, r"--ema-decay must be in \[0, 1\), got 1.0"),
+])
+def test_bad_prior_train_settings_name_the_flag(field, value, message):
+    with pytest.raises(UserError, match=message):
+        PriorTrainSettings(**{field: value}).check(workers=1)
+    PriorTrainSettings().check(workers=1)  # the defaults pass
+
+
 def test_holdout_split_is_stable_and_about_the_share():
     ids = [f"img-{i}" for i in range(20_000)]
     held = [i for i in ids if is_held_out(i, 0.05)]
