@@ -1,7 +1,7 @@
 """A DiT prior trained on CIFAR-10's taef2 latents on this machine: teacher top-1 on its samples as training goes on.
 
 python -m benchmarks.prior_cifar10 [--quick] [--milestones 1000 2000 3000] [--lr 1e-3 --warmup-steps 500
-    --snr-gamma 5] [--out runs/bench-prior]
+    --snr-gamma 5 --prediction-type v_prediction] [--out runs/bench-prior]
 
 Encodes all 50,000 CIFAR-10 training images with taef2 at 64 px (32x8x8 latents) once, then trains the `cifar-cpu`
 preset with `raydistill prior train` (the recipe: its defaults, or the flags given), stopping at each milestone (a
@@ -38,6 +38,7 @@ def main() -> None:
     for flag in ("lr", "warmup_steps", "snr_gamma"):
         default = getattr(PriorTrainSettings(), flag)
         parser.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--prediction-type", default="v_prediction")
     parser.add_argument("--samples-per-class", type=int, default=50)
     parser.add_argument("--out", default=str(ROOT / "runs/bench-prior"))
     args = parser.parse_args()
@@ -47,8 +48,10 @@ def main() -> None:
         subset = ["--max-per-class", "500"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = {"lr": args.lr, "warmup_steps": args.warmup_steps, "snr_gamma": args.snr_gamma}
-    encoded, prior = out / "encoded", out / f"prior-lr{args.lr:g}-warmup{args.warmup_steps}-snr{args.snr_gamma:g}"
+    recipe = {"lr": args.lr, "warmup_steps": args.warmup_steps, "snr_gamma": args.snr_gamma,
+              "prediction_type": args.prediction_type}
+    encoded = out / "encoded"
+    prior = out / f"prior-lr{args.lr:g}-warmup{args.warmup_steps}-snr{args.snr_gamma:g}-{args.prediction_type}"
     if not (encoded / "latents" / "_SUCCESS.json").exists():  # `raydistill encode` always redoes the stage
         subprocess.run([RAYDISTILL, "encode", "--data", str(SHARED / "data/cifar10"), "--prior",
                         f"taef2:{SHARED / 'weights/taef2'}", "--out", str(encoded), *subset], check=True,
@@ -61,7 +64,8 @@ def main() -> None:
         if steps not in done:
             trained = subprocess.run([RAYDISTILL, "prior", "train", "--latents", str(encoded / "latents"), "--out",
                                       str(prior), "--steps", str(steps), "--lr", str(args.lr), "--warmup-steps",
-                                      str(args.warmup_steps), "--snr-gamma", str(args.snr_gamma)],
+                                      str(args.warmup_steps), "--snr-gamma", str(args.snr_gamma),
+                                      "--prediction-type", args.prediction_type],
                                      check=True, capture_output=True, text=True)
             info = json.loads((prior / "training.json").read_text())
             evaluated = subprocess.run([RAYDISTILL, "prior", "eval", str(prior), "--teacher", TEACHER,

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from raydistill.config import PriorTrainSettings, load_config, parse_override
+from raydistill.config import PREDICTION_TYPES, PriorTrainSettings, load_config, parse_override
 from raydistill.errors import UserError
 
 # Flag name -> config key; flags left unset do not override the config file.
@@ -167,7 +167,9 @@ PRIOR_TRAIN = PriorTrainSettings()
 @click.option("--warmup-steps", type=int, default=PRIOR_TRAIN.warmup_steps, show_default=True,
               help="Steps over which the learning rate rises linearly from 0.")
 @click.option("--snr-gamma", type=float, default=PRIOR_TRAIN.snr_gamma, show_default=True,
-              help="Min-SNR loss weighting min(SNR, gamma) / SNR; 0 for the plain loss.")
+              help="Min-SNR loss weighting (min(SNR, gamma) on the clean-latent error); 0 for the plain loss.")
+@click.option("--prediction-type", type=click.Choice(PREDICTION_TYPES),
+              help="What the model outputs [default: v_prediction from scratch, the --init prior's own otherwise].")
 @click.option("--ema-decay", type=float, default=PRIOR_TRAIN.ema_decay, show_default=True)
 @click.option("--label-dropout", type=float, default=PRIOR_TRAIN.label_dropout, show_default=True,
               help="Share of labels replaced by the null class, for classifier-free guidance.")

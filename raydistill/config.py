@@ -21,6 +21,10 @@ import yaml
 
 from raydistill.errors import UserError
 
+# What a denoiser outputs, in diffusers' scheduler terms: the noise, the velocity sqrt(a) eps - sqrt(1 - a) x0, or the
+# clean latent.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
 
 def resource(default: Any) -> Any:
     """A field that sizes the work without changing its result (kept out of fingerprints)."""
@@ -400,6 +404,10 @@ class PriorTrainSettings:
         snr_gamma: Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
             min(SNR, gamma) / SNR, so the nearly noise-free steps, whose noise is unpredictable, stop drowning out
             the noisy ones that shape the image; 0 gives the plain unweighted loss.
+        prediction_type: what the model learns to output: "v_prediction" (the velocity sqrt(a) eps - sqrt(1 - a) x0),
+            "epsilon" (the noise) or "sample"; None: v_prediction from scratch, the init prior's own with `init`.
+            Velocity suits small models: DDIM's clean estimate from a noise prediction divides its error by sqrt(a),
+            which is 0.006 at DiT's last timestep, and a briefly trained model's samples diverge.
         ema_decay: decay of the EMA weights that are written.
         label_dropout: share of labels replaced by the null class (classifier-free guidance).
         holdout: share of images (by a hash of the id) kept out of training for `prior eval`'s loss.
@@ -415,6 +423,7 @@ class PriorTrainSettings:
     weight_decay: float = 0.0
     warmup_steps: int = 500
     snr_gamma: float = 5.0
+    prediction_type: str | None = None
     ema_decay: float = 0.999
     label_dropout: float = 0.1
     holdout: float = 0.02
@@ -431,6 +440,9 @@ class PriorTrainSettings:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if workers <= 0:
             raise UserError(f"--workers must be positive, got {workers}")
+        if self.prediction_type not in (None, *PREDICTION_TYPES):
+            raise UserError(f"--prediction-type must be one of {', '.join(PREDICTION_TYPES)}, got "
+                            f"{self.prediction_type!r}")
         for name in ("ema_decay", "label_dropout", "holdout"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")

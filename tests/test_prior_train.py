@@ -14,7 +14,7 @@ from conftest import kill_process_tree, wait_for_registered_checkpoint
 from raydistill.config import PriorTrainSettings
 from raydistill.errors import UserError
 from raydistill.priors import load_prior
-from raydistill.priors.diffusion import DiffusionPrior, linear_schedule
+from raydistill.priors.diffusion import DiffusionPrior, linear_schedule, noise_from_output
 from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
     warmup_factor,
@@ -74,6 +74,30 @@ def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr():
     assert weighted < plain  # low-noise steps (SNR above gamma) count for less
 
 
+def test_min_snr_on_velocity_weights_the_clean_latent_error_by_min_snr_gamma():
+    alphas = torch.tensor(linear_schedule(), dtype=torch.float32)
+    latents, labels, model = torch.randn(64, 2, 4, 4), torch.zeros(64, dtype=torch.long), ZeroPredictor()
+    weighted = denoising_loss(model, latents, labels, alphas, 1, 0.0, torch.Generator().manual_seed(3), snr_gamma=5.0,
+                              prediction_type="v_prediction")
+    generator = torch.Generator().manual_seed(3)
+    alpha = alphas[torch.randint(0, len(alphas), (64,), generator=generator)].view(-1, 1, 1, 1)
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+    # A zero velocity means the clean estimate sqrt(a) x_t; weight * v error = min(SNR, 5) * clean-latent error.
+    clean_errors = (alpha.sqrt() * noisy - latents).pow(2).flatten(1).mean(1)
+    snr = (alpha / (1 - alpha)).flatten()
+    torch.testing.assert_close(weighted, (snr.clamp(max=5.0) * clean_errors).mean())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_each_prediction_type_converts_to_the_true_noise(prediction_type):
+    alpha, clean, noise = 0.3, torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    noisy = alpha**0.5 * clean + (1 - alpha) ** 0.5 * noise
+    output = {"epsilon": noise, "v_prediction": alpha**0.5 * noise - (1 - alpha) ** 0.5 * clean,
+              "sample": clean}[prediction_type]
+    torch.testing.assert_close(noise_from_output(output, noisy, alpha, prediction_type), noise)
+
+
 def test_warmup_rises_linearly_then_holds():
     assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
@@ -81,9 +105,10 @@ def test_warmup_rises_linearly_then_holds():
 
 def test_init_fine_tunes_a_copy_of_the_given_dit_and_checks_it_fits(saved_dit):
     base = load_prior(f"dit:{saved_dit}")
-    build, null_class = denoiser_builder(PriorTrainSettings(init=str(saved_dit)), base.latent_shape, 10)
+    build, null_class, prediction_type = denoiser_builder(PriorTrainSettings(init=str(saved_dit)), base.latent_shape,
+                                                          10)
     model = build()
-    assert null_class == base.null_class and model.training
+    assert null_class == base.null_class and model.training and prediction_type == "epsilon"  # the init's own
     assert all(p.requires_grad for p in model.parameters())
     for trained, original in zip(model.parameters(), base.denoiser.parameters()):
         assert torch.equal(trained, original) and trained.data_ptr() != original.data_ptr()
@@ -98,6 +123,7 @@ def test_init_fine_tunes_a_copy_of_the_given_dit_and_checks_it_fits(saved_dit):
     ("snr_gamma", -5.0, "--snr-gamma must not be negative, got -5.0"),
     ("steps", 0, "--steps must be positive, got 0"),
     ("ema_decay", 1.0, r"--ema-decay must be in \[0, 1\), got 1.0"),
+    ("prediction_type", "x0", "--prediction-type must be one of epsilon, v_prediction, sample, got 'x0'"),
 ])
 def test_bad_prior_train_settings_name_the_flag(field, value, message):
     with pytest.raises(UserError, match=message):
@@ -143,6 +169,7 @@ def test_killed_prior_training_resumes_and_writes_a_loadable_prior(encoded_digit
 
     prior = load_prior(f"dit:{out}")
     assert isinstance(prior, DiffusionPrior) and prior.num_classes == 10 and prior.null_class == 10
+    assert prior.prediction_type == "v_prediction" == info["prediction_type"]
     pointer = json.loads((out / "autoencoder.json").read_text())
     assert pointer["prior"] == "tiny" and prior.latent_scale == pointer["latent_scale"]
     assert prior.latent_shape == (4, 16, 16)

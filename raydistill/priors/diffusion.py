@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raydistill.config import PREDICTION_TYPES
 from raydistill.errors import UserError
 from raydistill.priors.autoencoders import (
     TINY_RESOLUTION, DiffusersVAEPrior, load_vae, tiny_autoencoder, vae_downsample,
@@ -47,11 +48,18 @@ class DiffusionPrior(Prior):
         num_classes: labels the denoiser knows, 0 .. num_classes - 1.
         null_class: the label that means "no class" for classifier-free guidance, or None where the model has none.
         default_guidance: guidance scale used where the config leaves it unset.
+        prediction_type: what the denoiser outputs (a PREDICTION_TYPES name, from its scheduler config);
+            `predict_noise` turns any of them into a noise estimate.
     """
 
     def __init__(self, autoencoder: Prior, denoiser: nn.Module, alphas_cumprod: np.ndarray, name: str,
-                 default_guidance: float = DIT_GUIDANCE, latent_scale: float = 1.0):
+                 default_guidance: float = DIT_GUIDANCE, latent_scale: float = 1.0,
+                 prediction_type: str = "epsilon"):
         super().__init__(name, autoencoder.resolution, autoencoder.downsample, autoencoder.latent_shape[0])
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"prior {name!r}: its scheduler's prediction_type {prediction_type!r} is not one of "
+                            f"{', '.join(PREDICTION_TYPES)}: fix scheduler/scheduler_config.json")
+        self.prediction_type = prediction_type
         self.autoencoder = autoencoder
         self.latent_scale = latent_scale
         self.denoiser = denoiser.eval().requires_grad_(False)
@@ -115,12 +123,22 @@ class DiffusionPrior(Prior):
             no_class = self.conditions(labels, unconditional=True)
             conditions = {key: torch.cat([value, no_class[key]]) for key, value in conditions.items()}
         timesteps = torch.full((len(x),), timestep, device=self.device, dtype=torch.long)
-        # Models that also learn the variance (DiT-XL/2) return 2C channels; the first C are the noise.
-        noise = self.denoiser(x, timesteps, **conditions).sample[:, : self.latent_shape[0]].float()
-        if guidance == 1.0:
-            return noise
-        conditional, unconditional = noise.chunk(2)
-        return unconditional + guidance * (conditional - unconditional)
+        # Models that also learn the variance (DiT-XL/2) return 2C channels; the first C are the prediction.
+        output = self.denoiser(x, timesteps, **conditions).sample[:, : self.latent_shape[0]].float()
+        if guidance != 1.0:  # guidance is linear in the output, so it can be applied before the conversion
+            conditional, unconditional = output.chunk(2)
+            output = unconditional + guidance * (conditional - unconditional)
+        return noise_from_output(output, latents.to(self.device, torch.float32), float(self.alphas_cumprod[timestep]),
+                                 self.prediction_type)
+
+
+def noise_from_output(output: torch.Tensor, noisy: torch.Tensor, alpha: float, prediction_type: str) -> torch.Tensor:
+    """The noise estimate implied by a denoiser's `output` for the latent `noisy` = sqrt(a) x0 + sqrt(1 - a) eps."""
+    if prediction_type == "v_prediction":
+        return alpha**0.5 * output + (1 - alpha) ** 0.5 * noisy
+    if prediction_type == "sample":
+        return (noisy - alpha**0.5 * output) / (1 - alpha) ** 0.5
+    return output
 
 
 class TextDiffusionPrior(DiffusionPrior):
@@ -131,8 +149,9 @@ class TextDiffusionPrior(DiffusionPrior):
     """
 
     def __init__(self, autoencoder: Prior, denoiser: nn.Module, text_encoder: nn.Module, tokenizer,
-                 alphas_cumprod: np.ndarray, name: str):
-        super().__init__(autoencoder, denoiser, alphas_cumprod, name, default_guidance=SD_GUIDANCE)
+                 alphas_cumprod: np.ndarray, name: str, prediction_type: str = "epsilon"):
+        super().__init__(autoencoder, denoiser, alphas_cumprod, name, default_guidance=SD_GUIDANCE,
+                         prediction_type=prediction_type)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.register_buffer("class_embeddings", torch.empty(0), persistent=False)
@@ -189,12 +208,14 @@ def class_slots(denoiser: nn.Module) -> tuple[int, int | None]:
                     f"num_embeds_ada_norm nor num_class_embeds): {_DIT_HINT}")
 
 
-def alphas_cumprod_of(scheduler_source: str, subfolder: str | None) -> np.ndarray:
-    """The training noise schedule from a diffusers scheduler config (any scheduler class; betas are shared)."""
+def schedule_of(scheduler_source: str, subfolder: str | None) -> tuple[np.ndarray, str]:
+    """The training noise schedule (alphas_cumprod) and prediction type from a diffusers scheduler config (any
+    scheduler class; betas are shared)."""
     from diffusers import DDIMScheduler
 
     config = DDIMScheduler.load_config(scheduler_source, subfolder=subfolder)
-    return DDIMScheduler.from_config(config).alphas_cumprod.double().numpy()
+    alphas = DDIMScheduler.from_config(config).alphas_cumprod.double().numpy()
+    return alphas, config.get("prediction_type", "epsilon")
 
 
 def _pipeline_source(arg: str, model_folder: str, hint: str) -> tuple[str, bool]:
@@ -231,9 +252,9 @@ def _load_denoiser(source: str, subfolder: str, hint: str) -> nn.Module:
         raise UserError(f"could not load the {class_name} weights from {source!r} ({e}): {hint}") from e
 
 
-def _load_schedule(source: str, hint: str) -> np.ndarray:
+def _load_schedule(source: str, hint: str) -> tuple[np.ndarray, str]:
     try:
-        return alphas_cumprod_of(source, "scheduler")
+        return schedule_of(source, "scheduler")
     except (OSError, ValueError) as e:
         raise UserError(f"could not read the scheduler config of {source!r} ({e}): {hint}") from e
 
@@ -245,16 +266,17 @@ def dit(arg: str | None, resolution: int | None) -> Prior:
         raise UserError(f"prior 'dit' needs a model: {_DIT_HINT}")
     source, local = _pipeline_source(arg, "transformer", _DIT_HINT)
     denoiser = _load_denoiser(source, "transformer", _DIT_HINT)
-    alphas = _load_schedule(source, _DIT_HINT)
+    alphas, prediction_type = _load_schedule(source, _DIT_HINT)
     pointer = Path(source) / AUTOENCODER_FILE
     if local and pointer.is_file():  # trained by `raydistill prior train` on another prior's latents
         settings = json.loads(pointer.read_text())
         autoencoder = load_prior(settings["prior"], settings.get("resolution") if resolution is None else resolution)
-        return DiffusionPrior(autoencoder, denoiser, alphas, "dit", latent_scale=settings["latent_scale"])
+        return DiffusionPrior(autoencoder, denoiser, alphas, "dit", latent_scale=settings["latent_scale"],
+                              prediction_type=prediction_type)
     vae = load_vae(str(Path(source) / "vae") if local else source)
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)
     return DiffusionPrior(DiffusersVAEPrior(vae, "vae", default_resolution if resolution is None else resolution),
-                          denoiser, alphas, "dit")
+                          denoiser, alphas, "dit", prediction_type=prediction_type)
 
 
 @PRIORS.register("sd")
@@ -274,7 +296,8 @@ def sd(arg: str | None, resolution: int | None) -> Prior:
         raise UserError(f"could not load the text encoder or tokenizer of {source!r} ({e}): {_SD_HINT}") from e
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)
     autoencoder = DiffusersVAEPrior(vae, "vae", default_resolution if resolution is None else resolution)
-    return TextDiffusionPrior(autoencoder, denoiser, text_encoder, tokenizer, _load_schedule(source, _SD_HINT), "sd")
+    alphas, prediction_type = _load_schedule(source, _SD_HINT)
+    return TextDiffusionPrior(autoencoder, denoiser, text_encoder, tokenizer, alphas, "sd", prediction_type)
 
 
 def tiny_dit(num_classes: int = 1000, latent_side: int = TINY_RESOLUTION // 2) -> nn.Module:

@@ -64,7 +64,7 @@ def heldout_loss(prior, latents_folder: str, holdout: float, seed: int, batch_si
         for start in range(0, len(latents), batch_size):
             part = slice(start, start + batch_size)
             loss = denoising_loss(prior.denoiser, latents[part], labels_t[part], alphas, prior.null_class or 0,
-                                  0.0, generator)
+                                  0.0, generator, prediction_type=prior.prediction_type)
             total += float(loss) * len(latents[part])
     return {"heldout_loss": round(total / len(latents), 5), "heldout_latents": len(latents)}
 

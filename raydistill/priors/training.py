@@ -1,4 +1,4 @@
-"""Training a class-conditional latent DiT: presets, the noise-prediction loss, EMA, the written directory, and the
+"""Training a class-conditional latent DiT: presets, the denoising loss, EMA, the written directory, and the
 quality check of a trained prior. Plain functions on tensors; `stages/prior_train.py` runs them on Ray Train.
 
 The written directory is what `--prior dit:DIR` loads: transformer/ (the EMA weights), scheduler/ (the training
@@ -54,8 +54,9 @@ def disable_builtin_label_dropout(model: nn.Module) -> None:
 
 def denoising_loss(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
                    null_class: int, label_dropout: float, generator: torch.Generator | None = None,
-                   snr_gamma: float = 0.0) -> torch.Tensor:
-    """The DDPM noise-prediction objective: MSE between the noise added at a uniform timestep and its prediction.
+                   snr_gamma: float = 0.0, prediction_type: str = "epsilon") -> torch.Tensor:
+    """The DDPM objective: MSE between the model's output on a latent noised at a uniform timestep and its target
+    (the noise, the velocity sqrt(a) eps - sqrt(1 - a) x0, or the clean latent, by `prediction_type`).
 
     Args:
         model: a diffusers class-conditional denoiser.
@@ -65,7 +66,10 @@ def denoising_loss(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor
         null_class: the label that stands for "no class".
         label_dropout: probability of replacing a label by the null class (classifier-free guidance training).
         generator: for the timesteps, noise and dropout (None: the global RNG).
-        snr_gamma: above 0, each sample's error is weighted by min(SNR, gamma) / SNR (Min-SNR); 0: unweighted.
+        snr_gamma: above 0, Min-SNR weighting: each sample's error is weighted so that, in terms of the clean-latent
+            error, the weight is min(SNR, gamma) (divided by SNR for the noise target, by SNR + 1 for velocity); 0:
+            unweighted.
+        prediction_type: a PREDICTION_TYPES name.
     """
     n, device = len(latents), latents.device
     timesteps = torch.randint(0, len(alphas_cumprod), (n,), device=device, generator=generator)
@@ -75,10 +79,13 @@ def denoising_loss(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor
     dropped = torch.rand(n, device=device, generator=generator) < label_dropout
     labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
     prediction = model(noisy, timesteps, class_labels=labels).sample[:, : latents.shape[1]]
-    errors = (prediction.float() - noise).pow(2).flatten(1).mean(1)
+    targets = {"epsilon": noise, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents,
+               "sample": latents}
+    errors = (prediction.float() - targets[prediction_type]).pow(2).flatten(1).mean(1)
     if snr_gamma > 0:
         snr = alpha.flatten() / (1 - alpha.flatten())
-        errors = errors * snr.clamp(max=snr_gamma) / snr
+        target_scale = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+        errors = errors * snr.clamp(max=snr_gamma) / target_scale
     return errors.mean()
 
 
@@ -110,13 +117,14 @@ def is_held_out(image_id: str, fraction: float) -> bool:
 
 
 def write_prior_directory(out: Path, ema: nn.Module, autoencoder_spec: str, resolution: int, latent_scale: float,
-                          info: dict) -> None:
+                          prediction_type: str, info: dict) -> None:
     """Writes transformer/, scheduler/ and autoencoder.json so that `dit:OUT` loads the trained prior."""
     from diffusers import DDIMScheduler
 
     out.mkdir(parents=True, exist_ok=True)
     ema.save_pretrained(out / "transformer")
-    DDIMScheduler(**DIT_SCHEDULE, clip_sample=False, set_alpha_to_one=True).save_pretrained(out / "scheduler")
+    DDIMScheduler(**DIT_SCHEDULE, clip_sample=False, set_alpha_to_one=True,
+                  prediction_type=prediction_type).save_pretrained(out / "scheduler")
     pointer = {"prior": autoencoder_spec, "resolution": resolution, "latent_scale": latent_scale}
     (out / AUTOENCODER_FILE).write_text(json.dumps(pointer, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")

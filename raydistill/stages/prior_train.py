@@ -115,7 +115,8 @@ def prior_train_worker(config: dict) -> None:
             latents = batch["latent"].view(-1, *shape) * scale
             with autocast:
                 loss = denoising_loss(model, latents, batch["label"], alphas, config["null_class"],
-                                      settings.label_dropout, generator, settings.snr_gamma)
+                                      settings.label_dropout, generator, settings.snr_gamma,
+                                      config["prediction_type"])
             for group in optimizer.param_groups:  # from the step alone, so a resumed run continues the ramp
                 group["lr"] = settings.lr * warmup_factor(step, settings.warmup_steps)
             optimizer.zero_grad(set_to_none=True)
@@ -143,12 +144,14 @@ def prior_train_worker(config: dict) -> None:
 
 
 def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int, int],
-                     num_classes: int) -> tuple[Callable[[], torch.nn.Module], int]:
+                     num_classes: int) -> tuple[Callable[[], torch.nn.Module], int, str]:
     """A function that builds the denoiser to train (a fresh preset, or a trainable copy of `settings.init`'s),
-    and its null class. Checks the preset, or loads the init prior, before Ray starts."""
+    its null class and what it is trained to predict. Checks the preset, or loads the init prior, before Ray
+    starts."""
     if settings.init is None:
         build_dit(settings.preset, latent_shape, num_classes)
-        return lambda: build_dit(settings.preset, latent_shape, num_classes), num_classes
+        return (lambda: build_dit(settings.preset, latent_shape, num_classes), num_classes,
+                settings.prediction_type or "v_prediction")
     from raydistill.priors import load_prior
 
     base = load_prior(settings.init if settings.init.startswith("dit:") else f"dit:{settings.init}")
@@ -158,7 +161,8 @@ def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int,
                         f"but the latents hold {num_classes} classes of {tuple(latent_shape)}: fine-tune a prior "
                         f"built for the same autoencoder and at least as many classes, or train from scratch with "
                         f"--preset")
-    return lambda: ema_copy(base.denoiser).train().requires_grad_(True), base.null_class
+    return (lambda: ema_copy(base.denoiser).train().requires_grad_(True), base.null_class,
+            settings.prediction_type or base.prediction_type)
 
 
 def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: int = 1,
@@ -171,7 +175,7 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     run = read_latent_run(latents)
     num_classes = len(run["class_names"])
     shape = run["latent_shape"]
-    build, null_class = denoiser_builder(settings, shape, num_classes)
+    build, null_class, prediction_type = denoiser_builder(settings, shape, num_classes)
     scale = latent_scale(run["folder"])
     use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
     # One CPU stays free for Ray Data's read tasks; the workers' torch threads still use every core, since reading
@@ -182,8 +186,8 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     trainer = TorchTrainer(
         prior_train_worker,
         train_loop_config={"settings": settings, "build": build, "alphas": linear_schedule().astype(np.float32),
-                           "null_class": null_class, "latent_scale": scale, "latent_shape": shape,
-                           "threads_per_worker": threads_per_worker, "name": out_path.name},
+                           "null_class": null_class, "prediction_type": prediction_type, "latent_scale": scale,
+                           "latent_shape": shape, "threads_per_worker": threads_per_worker, "name": out_path.name},
         datasets={"train": training_dataset(run["folder"], settings.holdout)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
@@ -201,6 +205,6 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
             "resumed_from_step": result.metrics["start_step"], "seconds": round(time.perf_counter() - started, 1),
             "steps_per_second": result.metrics["steps_per_second"], "latents": run["folder"],
             "num_classes": num_classes, "class_names": run["class_names"], "settings": asdict(settings),
-            "workers": workers}
-    write_prior_directory(out_path, ema, run["prior"], run["resolution"], scale, info)
+            "prediction_type": prediction_type, "workers": workers}
+    write_prior_directory(out_path, ema, run["prior"], run["resolution"], scale, prediction_type, info)
     return info
