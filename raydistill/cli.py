@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "out": "out",
     "seed": "seed",
     "address": "ray.address",
+    "dope": "dope.count",
 }
 
 
@@ -47,6 +48,8 @@ def run_options(command):
         click.option("--decode", help="How prototypes become images: nearest, decoder or ddim."),
         click.option("--out", help="Run directory (local path, s3://, gs://)."),
         click.option("--seed", type=int, help="Seed for every random choice."),
+        click.option("--dope", type=int, help="DsCo doping: add this many of the real images the student finds least "
+                                              "clear, and train on the result too (dope.* for more)."),
         click.option("--set", "overrides", multiple=True, help="Override any config key: section.key=value."),
         click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)."),
     ]
@@ -115,7 +118,7 @@ def _stage_command(name: str) -> None:
     cli.command(name=name)(run_options(command))
 
 
-for _stage in ("encode", "quantize", "synthesize", "train", "evaluate", "report"):
+for _stage in ("encode", "quantize", "synthesize", "train", "dope", "evaluate", "report"):
     _stage_command(_stage)
 
 

@@ -207,6 +207,31 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class DopeConfig:
+    """DsCo's doping: the real training images that the method's student finds least clear are added to its
+    distilled set, and the students are trained again on the result (the `doped` set, evaluated beside the others).
+
+    Attributes:
+        count: real images to add (0: no doping), over all classes, or per class with `per_class`.
+        per_class: take the `count` lowest-clarity images of each class instead of the lowest over all classes.
+        share: the share of a class's training weight its added images take (uniform among them); None: each added
+            image weighs as much as an average image of its class.
+        label: the label y in the clarity p(y) - max_{c != y} p(c): "true" (the dataset's) or "teacher" (the
+            prediction of train.teacher).
+        student: the trained student that scores the images (default: the first of train.students).
+    """
+
+    count: int = 0
+    per_class: bool = False
+    share: float | None = None
+    label: str = "true"
+    student: str | None = None
+    batch_size: int = resource(256)
+    actors: int = resource(1)
+    gpus_per_actor: float | None = resource(None)
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Ray connection. `address` None starts a local Ray sized by `num_cpus` and `object_store_mb`."""
 
@@ -228,6 +253,7 @@ class RunConfig:
     synthesize: SynthesizeConfig = SynthesizeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    dope: DopeConfig = DopeConfig()
     ray: RayConfig = RayConfig()
 
 

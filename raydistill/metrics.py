@@ -20,6 +20,7 @@ COUNTERS = {
     "raydistill_classes_quantized": "Classes whose prototypes are written",
     "raydistill_prototypes_synthesized": "Distilled images written",
     "raydistill_images_evaluated": "Validation images scored (per pass over all students)",
+    "raydistill_images_scored": "Real training images scored for doping by their clarity",
 }
 GAUGES = {
     "raydistill_train_epoch": "Epochs finished by the student being trained",

@@ -57,6 +57,7 @@ STAGES = (
     Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
     Stage("synthesize", "distilled", lambda c: (c.synthesize,), per_variant=True),
     Stage("train", "students", lambda c: (c.train,), per_variant=True),
+    Stage("dope", "doped", lambda c: (c.dope,)),
     Stage("evaluate", "evaluation", lambda c: (c.data.val,)),
     Stage("report", "report", lambda c: ()),
 )
@@ -95,6 +96,23 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"train.mix {config.train.mix!r} is not valid; use one of {', '.join(MIXES)}")
     if config.train.mix_alpha <= 0:
         raise UserError(f"train.mix_alpha must be positive, got {config.train.mix_alpha}")
+    validate_dope(config)
+
+
+def validate_dope(config: RunConfig) -> None:
+    dope = config.dope
+    if dope.count < 0:
+        raise UserError(f"--dope must be a number of real images to add (0 for none), got {dope.count}")
+    if dope.share is not None and not 0 < dope.share < 1:
+        raise UserError(f"dope.share must be in (0, 1), or null for the weight of an average image, got {dope.share}")
+    if dope.label not in ("true", "teacher"):
+        raise UserError(f"dope.label {dope.label!r} is not valid; use true or teacher")
+    if dope.label == "teacher" and not config.train.teacher:
+        raise UserError("dope.label teacher scores with the teacher's labels, but no teacher is set: pass --teacher, "
+                        "or --set dope.label=true")
+    if dope.student is not None and dope.student not in config.train.students:
+        raise UserError(f"dope.student {dope.student!r} is not trained in this run; pick one of "
+                        f"{', '.join(config.train.students)}")
 
 
 def validate_diffusion(config: RunConfig) -> None:
@@ -218,7 +236,7 @@ def prepare(config: RunConfig) -> Context:
 
 def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: bool = False) -> dict:
     """Runs one stage unless its marker matches; returns the marker."""
-    from raydistill.stages import encode, evaluate, quantize, report, synthesize, train
+    from raydistill.stages import dope, encode, evaluate, quantize, report, synthesize, train
 
     marker = ctx.rundir.marker(stage.folder)
     if marker and marker["fingerprint"] == fingerprints[stage.name] and not force:
@@ -237,8 +255,9 @@ def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: b
     log.info("%s: running", stage.name)
     start = time.perf_counter()
     runners = {"encode": encode.run, "synthesize": synthesize.run, "evaluate": evaluate.run, "report": report.run}
-    if stage.name in ("quantize", "train"):  # they resume unfinished work recorded under their fingerprint
-        output: StageOutput = {"quantize": quantize.run, "train": train.run}[stage.name](ctx, fingerprints[stage.name])
+    if stage.name in ("quantize", "train", "dope"):  # they resume unfinished work recorded under their fingerprint
+        resumable = {"quantize": quantize.run, "train": train.run, "dope": dope.run}
+        output: StageOutput = resumable[stage.name](ctx, fingerprints[stage.name])
     else:
         output = runners[stage.name](ctx)
     seconds = time.perf_counter() - start

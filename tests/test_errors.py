@@ -73,6 +73,10 @@ def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], co
         (["--set", "quantize.ipcs=3"], "unknown config key 'quantize.ipcs'"),
         (["--set", "train.weight_transform=cube"], "weight_transform 'cube' is not valid"),
         (["--prior", "taef2:/no/such/weights"], "/no/such/weights"),
+        (["--dope", "-1"], "--dope must be a number of real images to add"),
+        (["--dope", "5", "--set", "dope.label=teacher"], "but no teacher is set: pass --teacher"),
+        (["--dope", "5", "--set", "dope.share=1"], "dope.share must be in (0, 1)"),
+        (["--dope", "5", "--set", "dope.student=resnet18"], "dope.student 'resnet18' is not trained in this run"),
     ],
 )
 def test_bad_input_gives_one_clear_line(monkeypatch, capsys, tmp_path, args, message):

@@ -1,14 +1,20 @@
 """End to end on the built-in digits set: report contents, skip on rerun, a changed stage redone, export."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
 from raydistill.cli import cli
-from raydistill.imaging import png_decode
+from raydistill.data import decode_dataset, open_source
+from raydistill.imaging import png_decode, to_tensor
+from raydistill.rundir import RunDir
+from raydistill.stages.train import load_student
+from raydistill.synthesize.doping import clarity
 
 FAST = ["--set", "train.epochs=40", "--set", "train.checkpoint_every=20", "--set", "quantize.iterations=20"]
 
@@ -36,7 +42,7 @@ def test_report_has_the_promised_keys_and_sane_values(digits_run):
         assert 30 < top1 <= 100, f"{section} top-1 {top1} is near chance: training is broken"
     q = report["quantization"]
     assert 0 < q["w2_weighted"] <= q["w2_uniform"]
-    assert set(report["stages"]) == {"encode", "quantize", "synthesize", "train", "evaluate"}
+    assert set(report["stages"]) == {"encode", "quantize", "synthesize", "train", "evaluate"}  # no dope: it is off
     assert all(s["seconds"] > 0 and s["rows"] > 0 for s in report["stages"].values())
     assert report["train_images"] + report["stages"]["evaluate"]["rows"] == 1797  # digits: train + held-out
     assert report["skipped_images"] == 0
@@ -101,6 +107,33 @@ def test_changed_training_redoes_only_train_and_later(digits_run, tmp_path):
         assert now[folder] == markers[folder]
     for folder in ("students", "evaluation", "report"):
         assert now[folder]["fingerprint"] != markers[folder]["fingerprint"]
+
+
+def test_doping_adds_the_least_clear_real_images_and_trains_on_them(digits_run, tmp_path):
+    out = tmp_path / "doped-run"
+    shutil.copytree(digits_run[0], out)
+    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--dope", "15")
+    doped = pq.read_table(out / "doped" / "distilled").to_pydict()
+    added = {i.removeprefix("real:") for i in doped["id"] if i.startswith("real:")}
+    assert len(doped["id"]) == 65 == len(set(doped["id"])) and len(added) == 15
+    in_set = set(pq.read_table(out / "prototypes").column("nearest_id").to_pylist())
+    assert not added & in_set
+
+    # The same choice computed directly: the trained student's clarity of every training image, lowest first.
+    rows = decode_dataset(open_source("digits").dataset(), 32).take_all()
+    student = load_student(RunDir(str(out)), "students/convnet3", torch.device("cpu"))
+    with torch.inference_mode():
+        scores = clarity(student(to_tensor(np.stack([r["image"] for r in rows]))),
+                         torch.tensor([int(r["label"]) for r in rows]))
+    ranked = [rows[i]["id"] for i in scores.argsort().tolist() if rows[i]["id"] not in in_set]
+    assert added == set(ranked[:15])
+
+    labels, weights = np.array(doped["label"]), np.array(doped["weight"])
+    for label in range(10):
+        assert weights[labels == label].sum() == pytest.approx(1.0)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["doping"]["added_images"] == 15 and report["doped"]["convnet3"]["top1"] > 30
+    assert "least clear real (doped)" in (out / "report" / "report.md").read_text()
 
 
 def test_export_writes_an_image_folder(digits_run, tmp_path):

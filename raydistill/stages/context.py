@@ -52,10 +52,21 @@ class Context:
 
     @property
     def variants(self) -> list[DistilledVariant]:
+        """The sets that are quantized, synthesized and trained on: the method's and the random baseline."""
         variants = [DistilledVariant("", self.config.quantize.method)]
         if self.config.evaluate.baseline and self.config.quantize.method != "random":
             variants.append(DistilledVariant("baseline", "random"))
         return variants
+
+    @property
+    def doped(self) -> DistilledVariant | None:
+        """The method's set with real images added by the dope stage, where doping is on."""
+        return DistilledVariant("doped", self.config.quantize.method) if self.config.dope.count else None
+
+    @property
+    def evaluated_variants(self) -> list[DistilledVariant]:
+        """Every set whose students the evaluate stage scores."""
+        return self.variants + ([self.doped] if self.doped else [])
 
 
 @dataclass(frozen=True)

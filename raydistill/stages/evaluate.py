@@ -51,7 +51,7 @@ class Evaluator:
 
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
-    keys = [(variant, student) for variant in ctx.variants for student in cfg.train.students]
+    keys = [(variant, student) for variant in ctx.evaluated_variants for student in cfg.train.students]
     folders = [variant.folder(f"students/{student}") for variant, student in keys]
     gpus = gpus_per_actor(cfg.evaluate.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)

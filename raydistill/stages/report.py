@@ -46,7 +46,9 @@ def markdown(report: dict) -> str:
     students = list(report["students"])
     lines += ["| set | " + " | ".join(f"{s} top-1 / top-5" for s in students) + " |",
               "|---|" + "---|" * len(students)]
-    for label, results in (("distilled", report["students"]), ("random real (baseline)", report.get("baseline"))):
+    doped = report.get("doping", {}).get("added_images")
+    for label, results in (("distilled", report["students"]), ("random real (baseline)", report.get("baseline")),
+                           (f"distilled + {doped} least clear real (doped)", report.get("doped"))):
         if results:
             cells = [f"{results[s]['top1']:.2f} / {results[s]['top5']:.2f}" for s in students]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -79,7 +81,9 @@ def run(ctx: Context) -> StageOutput:
     quantize = rundir.marker("prototypes")
     stages = {}
     for stage, folder in (("encode", "latents"), ("quantize", "prototypes"), ("synthesize", "distilled"),
-                          ("train", "students"), ("evaluate", "evaluation")):
+                          ("train", "students"), ("dope", "doped"), ("evaluate", "evaluation")):
+        if stage == "dope" and ctx.doped is None:
+            continue
         marker = rundir.marker(folder)
         stages[stage] = {"seconds": marker["seconds"], "rows": marker["rows"]}
     encode = rundir.marker("latents")
@@ -97,6 +101,10 @@ def run(ctx: Context) -> StageOutput:
         "stages": stages,
         "config": to_dict(cfg),
     }
+    if "doped" in results:
+        report["doped"] = results["doped"]
+        report["doping"] = {key: rundir.marker("doped")[key]
+                            for key in ("added_images", "scored_images", "scored_by", "added_per_class")}
     if "baseline" in results:
         report["baseline"] = results["baseline"]
         report["gain_over_baseline"] = {

@@ -73,7 +73,10 @@ def train_worker(config: dict) -> None:
         losses = []
 
 
-def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str) -> dict:
+def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str,
+                  weight_transform: str | None = None) -> dict:
+    """Trains one student on a variant's distilled/ and writes its students/<name>/; `weight_transform` replaces
+    train.weight_transform (the dope stage's weights are final)."""
     cfg = ctx.config
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
@@ -91,7 +94,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         train_loop_config={
             "run_uri": ctx.rundir.uri, "files": files,
             "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
-            "settings": settings, "weight_transform": cfg.train.weight_transform,
+            "settings": settings, "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
         },
         scaling_config=ScalingConfig(
