@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/raydistill run --ipc 10 --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

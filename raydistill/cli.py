@@ -184,14 +184,11 @@ PRIOR_TRAIN = PriorTrainSettings()
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray).")
 def prior_train(latents: str, out: str, workers: int, address: str | None, **settings: Any) -> None:
     """Train (or fine-tune) a class-conditional latent DiT with Ray Train; write a dit:DIR prior."""
-    from raydistill.config import RayConfig
-    from raydistill.stages.cluster import connect
     from raydistill.stages.prior_train import train_prior
 
     prior_settings = PriorTrainSettings(**settings)
     prior_settings.check(workers)
-    connect(RayConfig(address=address))
-    info = train_prior(latents, out, prior_settings, workers=workers)
+    info = train_prior(latents, out, prior_settings, workers=workers, address=address)
     click.echo(f"trained {info['steps']} steps (resumed from {info['resumed_from_step']}), "
                f"loss {info['final_loss']:.4f}, {info['seconds']:.0f} s; load it with --prior dit:{out}")
 

@@ -23,7 +23,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raydistill.config import PriorTrainSettings
+from raydistill.config import PriorTrainSettings, RayConfig
 from raydistill.errors import UserError
 from raydistill.metrics import record
 from raydistill.priors.diffusion import linear_schedule
@@ -31,7 +31,7 @@ from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
     warmup_factor, write_prior_directory,
 )
-from raydistill.stages.cluster import cluster_cpus, cluster_gpus
+from raydistill.stages.cluster import cluster_cpus, cluster_gpus, connect
 
 STATE_FILE = "state.pt"
 
@@ -166,8 +166,9 @@ def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int,
 
 
 def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: int = 1,
-                use_gpu: bool | None = None) -> dict:
-    """Trains a DiT on the latents of a finished encode stage and writes a `dit:OUT` prior directory.
+                use_gpu: bool | None = None, address: str | None = None) -> dict:
+    """Trains a DiT on the latents of a finished encode stage and writes a `dit:OUT` prior directory. Checks the
+    latents and the model before it joins Ray (`address`, as `connect` takes it).
 
     Returns:
         training.json's content: steps, final loss, seconds, the step it resumed from, the settings.
@@ -176,6 +177,7 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     num_classes = len(run["class_names"])
     shape = run["latent_shape"]
     build, null_class, prediction_type = denoiser_builder(settings, shape, num_classes)
+    connect(RayConfig(address=address))
     scale = latent_scale(run["folder"])
     use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
     # One CPU stays free for Ray Data's read tasks; the workers' torch threads still use every core, since reading
