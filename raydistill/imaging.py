@@ -12,7 +12,8 @@ from PIL import Image
 
 def to_tensor(images: np.ndarray, size: int | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1], resized (bicubic, antialiased) when size differs."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    # The float copy is made in numpy: Ray Data hands over read-only arrays, which torch warns about sharing.
+    tensor = torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2) / 255.0
     if size is not None and tensor.shape[-1] != size:
         tensor = F.interpolate(tensor, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     return tensor.clamp(0, 1)

@@ -7,6 +7,17 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def invoke(*args: str):
+    """Runs a `raydistill` command in this process, on the tests' Ray (no Ray start per command)."""
+    from click.testing import CliRunner
+
+    from raydistill.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from click.testing import CliRunner
 
-from conftest import actor_processes, kill_process_tree
-from raydistill.cli import cli
+from conftest import actor_processes, invoke, kill_process_tree
 
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
 # A quantizer slow enough (about a second per class: d3hr's group search on pixel latents) that the kill lands
@@ -25,10 +23,8 @@ def table(path: Path, sort: list[str]) -> list[dict]:
 
 
 def run_stages(stages: tuple[str, ...], *args: str) -> None:
-    """Stages run in this process, on the tests' Ray (no Ray start per command)."""
     for stage in stages:
-        result = CliRunner().invoke(cli, [stage, *args], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+        invoke(stage, *args)
 
 
 def test_driver_killed_during_quantize_resumes_to_the_same_result(ray_local, tmp_path):

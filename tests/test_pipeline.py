@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import invoke
 from raydistill.cli import cli
 from raydistill.data import decode_dataset, open_source
 from raydistill.imaging import png_decode, to_tensor
@@ -17,12 +18,6 @@ from raydistill.stages.train import load_student
 from raydistill.synthesize.doping import clarity
 
 FAST = ["--set", "train.epochs=40", "--set", "train.checkpoint_every=20", "--set", "quantize.iterations=20"]
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import kill_process_tree, wait_for_registered_checkpoint
-from raydistill.cli import cli
+from conftest import invoke, kill_process_tree, wait_for_registered_checkpoint
 from raydistill.config import PriorTrainSettings
 from raydistill.errors import UserError
 from raydistill.priors import load_prior
@@ -151,9 +149,7 @@ def test_bad_presets_are_named():
 @pytest.fixture(scope="module")
 def encoded_digits(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("encoded") / "digits"
-    result = CliRunner().invoke(cli, ["encode", "--prior", "tiny", "--max-per-class", "20", "--out", str(out)],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    invoke("encode", "--prior", "tiny", "--max-per-class", "20", "--out", str(out))
     return out
 
 
