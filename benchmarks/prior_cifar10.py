@@ -1,6 +1,6 @@
 """A DiT prior trained on CIFAR-10's taef2 latents on this machine: teacher top-1 on its samples as training goes on.
 
-python -m benchmarks.prior_cifar10 [--quick] [--milestones 1000 2000 3000] [--lr 1e-3 --warmup-steps 500
+python -m benchmarks.prior_cifar10 [--quick] [--milestones 1000 4000] [--lr 1e-3 --warmup-steps 500
     --snr-gamma 5 --prediction-type v_prediction] [--out runs/bench-prior]
 
 Encodes all 50,000 CIFAR-10 training images with taef2 at 64 px (32x8x8 latents) once, then trains the `cifar-cpu`
@@ -34,7 +34,7 @@ def last_json(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="500 images per class, milestones 100 and 200")
-    parser.add_argument("--milestones", type=int, nargs="+", default=[1000, 2000, 3000])
+    parser.add_argument("--milestones", type=int, nargs="+", default=[1000, 4000])
     for flag in ("lr", "warmup_steps", "snr_gamma"):
         default = getattr(PriorTrainSettings(), flag)
         parser.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)

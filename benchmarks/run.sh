@@ -17,3 +17,8 @@ for benchmark in encode_throughput actor_scaling quantize_speed driver_memory en
   echo "== $benchmark"
   $PY -m "benchmarks.$benchmark" $QUICK_FLAG
 done
+
+# The diffusion methods need the prior that prior_cifar10 trained (its default recipe's folder).
+echo "== diffusion_cifar10"
+$PY -m benchmarks.diffusion_cifar10 $QUICK_FLAG \
+  --prior "runs/bench-prior${QUICK:+-quick}/prior-lr0.001-warmup500-snr5-v_prediction"
