@@ -2,13 +2,14 @@
 doping) next to ddoq on latents and the random real subset, all at one IPC.
 
 python -m benchmarks.diffusion_cifar10 --prior runs/bench-prior/PRIOR_DIR [--quick] [--ipc 10] [--epochs 100]
-    [--dope 10] [--noise-iterations 20]
+    [--dope 10] [--noise-iterations 20] [--candidates 10000]
 
 Every row is a `raydistill run` with `--prior dit:PRIOR` on the same 500 images per class, the ResNet-56 teacher's
 soft labels and the `convnet3` student, in one run directory: the encode (latents plus their DDIM inversion, which
 every row keeps so that they share it) happens once, and each row redoes quantize onwards. DsCo's noise optimisation
-runs `--noise-iterations` SGD steps per sampling step (the paper: 200), since the CPU cannot afford the paper's
-count; its seconds per class are read from the synthesize stage. Finished rows go to results.jsonl in the run
+runs `--noise-iterations` SGD steps per sampling step (the paper: 200) and d3hr scores `--candidates` groups per
+class (the paper: 10^6, about 5 minutes per class on one CPU thread here), since the CPU cannot afford the papers'
+counts; DsCo's seconds per class are read from the synthesize stage. Finished rows go to results.jsonl in the run
 directory, so an interrupted benchmark resumes. Prints a table and, last, one JSON line: `top1` (row -> top-1),
 `dsco_seconds_per_class`.
 """
@@ -26,14 +27,14 @@ SHARED = ROOT.parent / "shared"
 STUDENT = "convnet3"
 
 
-def rows(dope: int, noise_iterations: int) -> dict[str, list[str]]:
+def rows(dope: int, noise_iterations: int, candidates: int) -> dict[str, list[str]]:
     """Row name -> the flags that make it."""
     dsco = ["--method", "dsco", "--set", f"synthesize.noise_iterations={noise_iterations}"]
     return {
         "random": ["--method", "random"],
         "ddoq (latents)": ["--method", "ddoq"],
         "ddoq (DiT noise)": ["--method", "ddoq", "--space", "noise"],
-        "d3hr": ["--method", "d3hr"],
+        "d3hr": ["--method", "d3hr", "--set", f"quantize.candidates={candidates}"],
         "dsco": dsco,
         f"dsco + dope {dope}/class": [*dsco, "--dope", str(dope), "--set", "dope.per_class=true"],
     }
@@ -70,10 +71,11 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=500, help="training images per class")
     parser.add_argument("--dope", type=int, default=10, help="real images added per class in the doped row")
     parser.add_argument("--noise-iterations", type=int, default=20)
+    parser.add_argument("--candidates", type=int, default=10_000, help="d3hr's candidate groups per class")
     parser.add_argument("--out", default=str(ROOT / "runs/bench-diffusion"))
     args = parser.parse_args()
     if args.quick:
-        args.per_class, args.ipc, args.epochs, args.dope, args.noise_iterations = 50, 2, 5, 2, 2
+        args.per_class, args.ipc, args.epochs, args.dope, args.noise_iterations, args.candidates = 50, 2, 5, 2, 2, 1000
         args.out += "-quick"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def main() -> None:
     done = {r["row"]: r for r in map(json.loads, log.read_text().splitlines()) if r["setting"] == setting} \
         if log.exists() else {}
     classes = 10
-    for name, flags in rows(args.dope, args.noise_iterations).items():
+    for name, flags in rows(args.dope, args.noise_iterations, args.candidates).items():
         if name not in done:
             done[name] = {"row": name, "setting": setting, "flags": flags,
                           **run_one(out / "run", args.prior, flags, args.ipc, args.epochs, args.per_class)}
