@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from benchmarks.quality_cifar10 import ROOT, cifar_run
 STUDENT = "convnet3"
 
 
@@ -42,11 +40,7 @@ def rows(dope: int, noise_iterations: int, candidates: int) -> dict[str, list[st
 
 def run_one(out: Path, prior: str, flags: list[str], ipc: int, epochs: int, per_class: int) -> dict:
     command = [
-        str(Path(sys.executable).parent / "raydistill"), "run",
-        "--data", str(SHARED / "data/cifar10"),
-        "--val-data", str(SHARED / "data/cifar10/test-00000-of-00002.parquet"),
-        "--prior", f"dit:{prior}",
-        "--teacher", f"cifar-resnet56:{SHARED / 'weights/cifar10-resnet/resnet56.safetensors'}",
+        *cifar_run(f"dit:{prior}"),
         "--student", STUDENT, "--ipc", str(ipc), "--max-per-class", str(per_class), "--out", str(out),
         "--set", "encode.invert=true", "--set", "evaluate.baseline=false", "--set", f"train.epochs={epochs}",
         # A checkpoint per epoch would cost more than the epoch on 100 images.

@@ -38,13 +38,20 @@ def key(run: dict) -> str:
     return f"{run['method']}|{run['transform']}|ipc{run['ipc']}|seed{run['seed']}"
 
 
-def run_one(out: Path, run: dict, epochs: int) -> dict:
-    command = [
+def cifar_run(prior: str) -> list[str]:
+    """The start of a `raydistill run` on CIFAR-10 with the ResNet-56 teacher, validated on the first test shard."""
+    return [
         str(Path(sys.executable).parent / "raydistill"), "run",
         "--data", str(SHARED / "data/cifar10"),
         "--val-data", str(SHARED / "data/cifar10/test-00000-of-00002.parquet"),
-        "--prior", f"taef2:{SHARED / 'weights/taef2'}",
+        "--prior", prior,
         "--teacher", f"cifar-resnet56:{SHARED / 'weights/cifar10-resnet/resnet56.safetensors'}",
+    ]
+
+
+def run_one(out: Path, run: dict, epochs: int) -> dict:
+    command = [
+        *cifar_run(f"taef2:{SHARED / 'weights/taef2'}"),
         *[arg for student in STUDENTS for arg in ("--student", student)],
         "--ipc", str(run["ipc"]), "--max-per-class", "500", "--method", run["method"], "--seed", str(run["seed"]),
         "--out", str(out), "--set", "evaluate.baseline=false", "--set", f"train.epochs={epochs}",
