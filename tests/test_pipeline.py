@@ -93,21 +93,18 @@ def test_verify_catches_a_damaged_file_and_a_rerun_repairs_it(digits_run):
     assert "problem" not in invoke("verify", str(out)).output
 
 
-def test_changed_training_redoes_only_train_and_later(digits_run, tmp_path):
-    out, _ = digits_run
+def test_changed_training_redoes_train_and_later_and_doping_adds_the_least_clear_real_images(digits_run, tmp_path):
+    """One rerun with fewer epochs and --dope (two reruns would each retrain the students and the baseline)."""
+    out = tmp_path / "doped-run"
+    shutil.copytree(digits_run[0], out)
     markers = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}
-    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--set", "train.epochs=2")
+    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--set", "train.epochs=10", "--dope", "15")
     now = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}
     for folder in ("latents", "prototypes", "distilled"):
         assert now[folder] == markers[folder]
     for folder in ("students", "evaluation", "report"):
         assert now[folder]["fingerprint"] != markers[folder]["fingerprint"]
 
-
-def test_doping_adds_the_least_clear_real_images_and_trains_on_them(digits_run, tmp_path):
-    out = tmp_path / "doped-run"
-    shutil.copytree(digits_run[0], out)
-    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--dope", "15")
     doped = pq.read_table(out / "doped" / "distilled").to_pydict()
     added = {i.removeprefix("real:") for i in doped["id"] if i.startswith("real:")}
     assert len(doped["id"]) == 65 == len(set(doped["id"])) and len(added) == 15
@@ -127,7 +124,7 @@ def test_doping_adds_the_least_clear_real_images_and_trains_on_them(digits_run, 
     for label in range(10):
         assert weights[labels == label].sum() == pytest.approx(1.0)
     report = json.loads((out / "report" / "report.json").read_text())
-    assert report["doping"]["added_images"] == 15 and report["doped"]["convnet3"]["top1"] > 30
+    assert report["doping"]["added_images"] == 15 and report["doped"]["convnet3"]["top1"] > 15  # chance is 10
     assert "least clear real (doped)" in (out / "report" / "report.md").read_text()
 
 
