@@ -1,6 +1,6 @@
 """How the encode stage scales from one encoder actor to two.
 
-python -m benchmarks.actor_scaling [--quick] [--images 4000] [--out runs/bench-encode]
+python -m benchmarks.actor_scaling [--quick] [--images 1000] [--out runs/bench-encode]
 
 The encode stage of `encode_throughput` (taef2 at 64 px on CIFAR-10 JPEGs, steady-state rate from a run on IMAGES
 and one on 2 x IMAGES) with one encoder actor and with two; the stage sizes each actor's CPU share and torch threads
@@ -22,12 +22,12 @@ def main() -> None:
     from raydistill.stages.cluster import cluster_cpus, cpus_per_actor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 images")
-    parser.add_argument("--images", type=int, default=4_000)
+    parser.add_argument("--quick", action="store_true", help="500 images")
+    parser.add_argument("--images", type=int, default=1_000)
     parser.add_argument("--out", default=str(ROOT / "runs/bench-encode"))
     args = parser.parse_args()
     if args.quick:
-        args.images, args.out = 1_000, args.out + "-quick"
+        args.images, args.out = 500, args.out + "-quick"
     start_ray()
     prior = f"taef2:{ROOT.parent / 'shared/weights/taef2'}"
     rates = {actors: stage_rate(Path(args.out), prior, args.images, actors) for actors in (1, 2)}

@@ -2,7 +2,7 @@
 doping) next to ddoq on latents and the random real subset, all at one IPC; then DsCo's "half the data, no loss".
 
 python -m benchmarks.diffusion_cifar10 --prior runs/bench-prior/PRIOR_DIR [--quick] [--ipc 10] [--epochs 100]
-    [--dope 10] [--noise-iterations 20] [--candidates 10000] [--half-pool 100] [--half-epochs 50]
+    [--dope 10] [--noise-iterations 20] [--candidates 10000] [--half-pool 100] [--half-epochs 30]
 
 Every row is a `raydistill run` with `--prior dit:PRIOR`, the ResNet-56 teacher's soft labels and the `convnet3`
 student. The first table's rows share one run directory on the same 500 images per class: the encode (latents plus
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10_000, help="d3hr's candidate groups per class")
     parser.add_argument("--half-pool", type=int, default=100,
                         help="images per class of the half-the-data comparison's full set")
-    parser.add_argument("--half-epochs", type=int, default=50)
+    parser.add_argument("--half-epochs", type=int, default=30)
     parser.add_argument("--out", default=str(ROOT / "runs/bench-diffusion"))
     args = parser.parse_args()
     if args.quick:

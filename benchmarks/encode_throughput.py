@@ -1,6 +1,6 @@
 """Encode stage (Ray Data decode tasks + encoder actor pool) against a plain single-process PyTorch loop.
 
-python -m benchmarks.encode_throughput [--quick] [--images 4000] [--sd-images 500] [--out runs/bench-encode]
+python -m benchmarks.encode_throughput [--quick] [--images 1000] [--sd-images 200] [--out runs/bench-encode]
 
 The same CIFAR-10 JPEGs (IMAGES of ../shared/data/cifar10's train shards, a tenth from each class, copied into a
 folder of their own) go through the encode stage on a local Ray (one encoder actor, as sized by the stage: every CPU
@@ -113,13 +113,13 @@ def main() -> None:
     from raydistill.stages.cluster import cpus_per_actor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 images, taef2 only")
-    parser.add_argument("--images", type=int, default=4_000)
-    parser.add_argument("--sd-images", type=int, default=500, help="images for the SD-size VAE")
+    parser.add_argument("--quick", action="store_true", help="500 images, taef2 only")
+    parser.add_argument("--images", type=int, default=1_000)
+    parser.add_argument("--sd-images", type=int, default=200, help="images for the SD-size VAE")
     parser.add_argument("--out", default=str(ROOT / "runs/bench-encode"))
     args = parser.parse_args()
     if args.quick:
-        args.images, args.out = 1_000, args.out + "-quick"
+        args.images, args.out = 500, args.out + "-quick"
     out = Path(args.out)
     start_ray()
     threads = cpus_per_actor(1)

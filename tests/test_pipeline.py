@@ -1,4 +1,5 @@
-"""End to end on the built-in digits set: report contents, skip on rerun, a changed stage redone, export."""
+"""End to end on the built-in digits set: report contents, skip on rerun, verify, a changed stage redone, doping,
+export."""
 
 import json
 import shutil
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from conftest import invoke
 from raydistill.cli import cli
 from raydistill.data import decode_dataset, open_source
-from raydistill.imaging import png_decode, to_tensor
+from raydistill.imaging import to_tensor
 from raydistill.rundir import RunDir
 from raydistill.stages.train import load_student
 from raydistill.synthesize.doping import clarity
@@ -135,85 +136,3 @@ def test_export_writes_an_image_folder(digits_run, tmp_path):
     assert len(pngs) == 50 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
     lines = (tmp_path / "export" / "weights.csv").read_text().splitlines()
     assert lines[0] == "path,label,weight" and len(lines) == 51
-
-
-def test_decoder_path_with_a_latent_prior_and_explicit_val_data(ray_local, tmp_path):
-    """kmeans (D4M) centroids decoded by a real autoencoder's decoder, no baseline, --val-data given."""
-    out = tmp_path / "decoded"
-    invoke(
-        "run", "--ipc", "3", "--method", "kmeans", "--prior", "tiny", "--decode", "decoder", "--val-data", "digits",
-        "--out", str(out), "--set", "evaluate.baseline=false", "--set", "train.epochs=2",
-        "--set", "train.checkpoint_every=1", "--set", "quantize.iterations=5",
-    )
-    report = json.loads((out / "report" / "report.json").read_text())
-    assert report["method"] == "kmeans" and "baseline" not in report
-    assert report["stages"]["evaluate"]["rows"] == 359
-    encode = json.loads((out / "latents" / "_SUCCESS.json").read_text())
-    assert encode["latent_shape"] == [4, 16, 16]  # the tiny AutoencoderKL at 32 px
-    table = pq.read_table(out / "distilled")
-    assert table.num_rows == 30 and not (out / "baseline").exists()
-    np.testing.assert_allclose(table.column("weight").to_numpy(), 1 / 3)
-    images = [png_decode(data) for data in table.column("image").to_pylist()]
-    assert all(image.shape == (32, 32, 3) for image in images)
-    assert len({image.tobytes() for image in images}) == 30  # decoded centroids, not copies of one image
-
-
-def test_d3hr_and_ddoq_on_inverted_noise_with_a_diffusion_prior(ray_local, tmp_path):
-    """d3hr on dit-tiny end to end, then DDOQ-DiT's quantize and synthesize on the same inverted latents."""
-    out = tmp_path / "diffusion"
-    common = ["--ipc", "3", "--prior", "dit-tiny", "--max-per-class", "20", "--out", str(out),
-              "--set", "evaluate.baseline=false", "--set", "train.epochs=2", "--set", "quantize.candidates=2000",
-              "--set", "encode.steps=10", "--set", "synthesize.steps=10"]
-    invoke("run", "--method", "d3hr", *common)
-    encode = json.loads((out / "latents" / "_SUCCESS.json").read_text())
-    assert encode["inversion"] == {"t_end": 600, "steps": 10, "guidance": None} and encode["rows"] == 200
-    latents = pq.read_table(out / "latents", columns=["latent", "noise"])
-    assert latents.column("noise").type.list_size == 4 * 16 * 16
-    d3hr = pq.read_table(out / "prototypes")
-    assert set(d3hr.column("space").to_pylist()) == {"noise"} and d3hr.num_rows == 30
-    np.testing.assert_allclose(d3hr.column("weight").to_numpy(), 1 / 3)
-    distilled = pq.read_table(out / "distilled")
-    images = [png_decode(data) for data in distilled.column("image").to_pylist()]
-    assert len(images) == 30 and len({image.tobytes() for image in images}) == 30
-    assert json.loads((out / "report" / "report.json").read_text())["method"] == "d3hr"
-
-    for stage in ("quantize", "synthesize"):  # on the same latents; the later stages do not depend on the method
-        invoke(stage, "--method", "ddoq", "--space", "noise", *common)
-    ddoq = pq.read_table(out / "prototypes")
-    assert set(ddoq.column("method").to_pylist()) == {"ddoq"} and set(ddoq.column("space").to_pylist()) == {"noise"}
-    weights = pq.read_table(out / "distilled").column("weight").to_numpy()
-    assert len(weights) == 30 and weights.std() > 0  # the Voronoi masses in noise space are kept
-
-
-def test_d4m_img2img_with_a_text_conditioned_prior(ray_local, tmp_path):
-    """kmeans centroids in latent space decoded by img2img through sd-tiny, prompts from the class names."""
-    out = tmp_path / "d4m"
-    args = ["--method", "kmeans", "--prior", "sd-tiny", "--decode", "ddim", "--ipc", "2", "--max-per-class", "10",
-            "--out", str(out), "--set", "synthesize.steps=10", "--set", "prior.prompt=a photo of the digit {name}"]
-    for stage in ("encode", "quantize", "synthesize"):  # the later stages do not depend on the method
-        invoke(stage, *args)
-    assert json.loads((out / "latents" / "_SUCCESS.json").read_text())["inversion"] is None
-    prototypes = pq.read_table(out / "prototypes")
-    assert set(prototypes.column("space").to_pylist()) == {"latent"}
-    distilled = pq.read_table(out / "distilled")
-    images = [png_decode(data) for data in distilled.column("image").to_pylist()]
-    assert len(images) == 20 and all(image.shape == (32, 32, 3) for image in images)
-    assert len({image.tobytes() for image in images}) == 20
-
-
-def test_dsco_through_synthesize_on_a_diffusion_prior(ray_local, tmp_path):
-    """DsCo's starting noises from quantize, then its optimised chain, one class per synthesize actor call (the
-    stages after synthesize do not depend on the method)."""
-    out = tmp_path / "dsco"
-    args = ["--method", "dsco", "--prior", "dit-tiny", "--ipc", "2", "--max-per-class", "10", "--out", str(out),
-            "--set", "synthesize.steps=4", "--set", "synthesize.noise_iterations=5"]
-    for stage in ("encode", "quantize", "synthesize"):
-        invoke(stage, *args)
-    assert json.loads((out / "latents" / "_SUCCESS.json").read_text())["inversion"] is None  # pure noise, no inversion
-    prototypes = pq.read_table(out / "prototypes")
-    assert set(prototypes.column("method").to_pylist()) == {"dsco"} and prototypes.num_rows == 20
-    distilled = pq.read_table(out / "distilled").sort_by([("label", "ascending"), ("prototype", "ascending")])
-    assert distilled.column("id").to_pylist()[:2] == ["0-0", "0-1"]
-    np.testing.assert_allclose(distilled.column("weight").to_numpy(), 0.5)
-    images = [png_decode(data) for data in distilled.column("image").to_pylist()]
-    assert len({image.tobytes() for image in images}) == 20
