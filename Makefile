@@ -3,9 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# Two test files at a time: the Ray tests spend much of their time starting processes and waiting on Ray, so two
-# streams keep both cores busy. Tests of one file stay together (their module fixtures are built once).
-TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench clean
 
@@ -21,10 +18,10 @@ demo: $(STAMP)
 	$(VENV)/bin/raydistill run --ipc 10 --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	bash benchmarks/run.sh

@@ -1,5 +1,5 @@
 """End to end with latent and diffusion priors on the built-in digits: the decoder path, d3hr and DDOQ-DiT on
-inverted noise, D4M's img2img, DsCo (apart from test_pipeline.py so that the two run side by side)."""
+inverted noise, D4M's img2img and DsCo."""
 
 import json
 
