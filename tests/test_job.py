@@ -4,9 +4,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +32,10 @@ def head_node(tmp_path):
     """A head node of its own; stopped by killing its `ray start --block` process tree, which leaves any other Ray
     alone (`ray stop` would also end the test session's Ray) and takes no graceful half minute."""
     ports = {name: free_port() for name in ("gcs", "dashboard", "agent", "metrics")}
+    # A temp dir of its own: `ray start` records its address in <temp dir>/ray_current_cluster, and a record left in
+    # /tmp/ray after the kill would send Ray Train's placement-group cleaner in every later Ray on this machine to
+    # this dead address (12 s more per training run). Short, as Ray's socket paths must fit in 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="rd-head-")
     # Token auth on, with a token of the test's own (not whatever ~/.ray/auth_token holds), for head and client.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -37,7 +43,7 @@ def head_node(tmp_path):
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=2",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
          f"--dashboard-agent-listen-port={ports['agent']}", f"--metrics-export-port={ports['metrics']}",
-         "--object-store-memory=400000000", "--disable-usage-stats"],
+         "--object-store-memory=400000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{ports['dashboard']}"
@@ -56,6 +62,7 @@ def head_node(tmp_path):
     finally:
         kill_process_tree(head.pid)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_the_pipeline_and_exports_metrics(head_node, tmp_path):
