@@ -147,7 +147,7 @@ def test_group_sampling_keeps_the_best_candidate(monkeypatch):
     mu, sigma = np.linspace(-1, 1, 16), np.linspace(0.5, 2, 16)
     k, candidates = 5, 3000
     # Small batches, so the best is tracked across batches and in the same random stream as one draw below.
-    monkeypatch.setattr(d3hr_module, "DRAWS_PER_BATCH", 7 * k * 16)
+    monkeypatch.setattr(d3hr_module, "CPU_DRAWS_PER_BATCH", 7 * k * 16)
     points, score = sample_group(mu, sigma, k, candidates, (1.0, 1.0, 0.5), seed=3)
     z = torch.randn(candidates, k, 16, generator=torch.Generator().manual_seed(3))
     scores = group_scores(z, torch.from_numpy(sigma).float(), (1.0, 1.0, 0.5))
