@@ -22,11 +22,10 @@ from raydistill.errors import UserError
 from raydistill.quantize.base import QUANTIZERS, Quantization
 from raydistill.quantize.metrics import nearest, voronoi_counts
 
-# Standard-normal draws scored at once. A GPU wants large launches (64 MiB of float32); on a CPU a block that stays
-# in the last-level cache with its two temporaries (2 MiB each) ran about twice as fast per draw (12 against 24 ns,
-# one thread, benchmarks/group_sampling.py's shapes).
+# Standard-normal draws scored at once. A GPU wants large launches (64 MiB of float32); on a CPU, 1 MiB blocks that
+# stay in cache with their temporaries ran about twice as fast (benchmarks/group_sampling.py --draws-per-batch).
 GPU_DRAWS_PER_BATCH = 2**24
-CPU_DRAWS_PER_BATCH = 2**19
+CPU_DRAWS_PER_BATCH = 2**18
 # Rows folded into the running moments at once.
 ROWS_PER_UPDATE = 4096
 
