@@ -110,6 +110,8 @@ class QuantizeConfig:
         allow_fewer: a class with fewer usable images than `ipc` gets one prototype per image instead of failing
             the run (its images are then all kept, as a random subset would keep them).
         classes_per_task: classes handled by one Ray task (larger amortises task start-up on many small classes).
+        gpus_per_task: GPUs each task asks for; d3hr's group search runs on the GPU it gets (a fraction lets tasks
+            share one), the other quantizers stay on the CPU. 0 keeps every task on one CPU.
     """
 
     method: str = "ddoq"
@@ -121,6 +123,7 @@ class QuantizeConfig:
     score_weights: tuple[float, ...] = (1.0, 1.0, 0.5)
     allow_fewer: bool = False
     classes_per_task: int = resource(1)
+    gpus_per_task: float = resource(0.0)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int], fing
     labels = [label for label in labels if label not in done]
     groups = [labels[i:i + cfg.quantize.classes_per_task] for i in range(0, len(labels), cfg.quantize.classes_per_task)]
     refs = [
-        _quantize_classes.remote(
+        _quantize_classes.options(num_gpus=cfg.quantize.gpus_per_task).remote(
             ctx.rundir.uri, folder, group, method=variant.method, ipc=cfg.quantize.ipc, seed=cfg.seed,
             space=quantize_space(cfg), options=dataclasses.asdict(cfg.quantize),
         )
