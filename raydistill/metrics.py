@@ -19,6 +19,7 @@ COUNTERS = {
     "raydistill_images_inverted": "Latents DDIM-inverted to noise",
     "raydistill_classes_quantized": "Classes whose prototypes are written",
     "raydistill_prototypes_synthesized": "Distilled images written",
+    "raydistill_images_trained": "Distilled images trained on, over all epochs and workers (kept after training ends)",
     "raydistill_images_evaluated": "Validation images scored (per pass over all students)",
     "raydistill_images_scored": "Real training images scored for doping by their clarity",
 }

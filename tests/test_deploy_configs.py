@@ -206,7 +206,7 @@ def metric_names() -> set[str]:
                 found[node.targets[0].id] = ast.literal_eval(node.value)
     counters = {f"ray_{name}_total" for name in found["COUNTERS"]}
     gauges = {f"ray_{name}" for name in found["GAUGES"]}
-    assert len(counters) == 8 and len(gauges) == 5
+    assert len(counters) == 9 and len(gauges) == 5
     return counters | gauges
 
 
