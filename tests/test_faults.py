@@ -1,5 +1,5 @@
-"""Faults lose nothing: a killed driver or encoder actor leaves the same results as an uninterrupted run, and the
-number of actors does not change them."""
+"""Faults lose nothing: a killed driver, training worker or encoder actor leaves the same results as an uninterrupted
+run, and the number of actors does not change them."""
 
 import json
 import subprocess
@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
-from conftest import actor_processes, invoke, kill_process_tree
+from conftest import actor_processes, invoke, kill_process_tree, wait_for_registered_checkpoint
 
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
 # A quantizer slow enough (about a second per class: d3hr's group search on pixel latents) that the kill lands
@@ -27,37 +28,60 @@ def run_stages(stages: tuple[str, ...], *args: str) -> None:
         invoke(stage, *args)
 
 
-def test_driver_killed_during_quantize_resumes_to_the_same_result(ray_local, tmp_path):
-    interrupted = tmp_path / "interrupted"
-    command = [RAYDISTILL, "run", "--out", str(interrupted), *ARGS]
-    log = tmp_path / "interrupted.log"
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+@pytest.mark.slow
+def test_killed_driver_and_killed_train_worker_resume_to_the_same_result(ray_local, tmp_path):
+    """One run killed three times: the driver during quantize (the rerun keeps the finished classes), a training
+    worker after a checkpoint (Ray Train replaces it and continues from that checkpoint), the driver during training
+    (the rerun resumes from the last checkpoint, the epochs continuing). Its prototypes and images then equal those of
+    the same stages run from scratch."""
+    out = tmp_path / "interrupted"
+    command = [RAYDISTILL, "-v", "run", "--out", str(out), *ARGS, "--set", "train.epochs=40"]
+    log = tmp_path / "run.log"
+
+    def start():
+        with open(log, "a") as stderr:
+            return subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    process = start()
     deadline = time.time() + 600  # generous: CI machines may be busy
-    while not list(interrupted.glob("prototypes/_class-*.json")):
+    while not list(out.glob("prototypes/_class-*.json")):
         assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
     kill_process_tree(process.pid)
     process.wait()
-    finished = len(list(interrupted.glob("prototypes/_class-*.json")))
-    assert not (interrupted / "prototypes" / "_SUCCESS.json").exists() and 1 <= finished < 10
-    encode_seconds = json.loads((interrupted / "latents" / "_SUCCESS.json").read_text())["seconds"]
+    finished = len(list(out.glob("prototypes/_class-*.json")))
+    assert not (out / "prototypes" / "_SUCCESS.json").exists() and 1 <= finished < 10
+    encode_seconds = json.loads((out / "latents" / "_SUCCESS.json").read_text())["seconds"]
 
-    # The stage command resumes as `run` would (a whole rerun would add training and evaluation to this test).
-    rerun = subprocess.run([RAYDISTILL, "-v", "quantize", *command[2:]], capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert json.loads((interrupted / "latents" / "_SUCCESS.json").read_text())["seconds"] == encode_seconds
-    kept = int(rerun.stderr.split("quantize prototypes: ")[1].split(" of ")[0])
+    process = start()
+    training = "train_state/*/method-convnet3"
+    first = wait_for_registered_checkpoint(out, training, process)
+    kept = int(log.read_text().split("quantize prototypes: ")[1].split(" of ")[0])
     assert kept >= finished
-    invoke("synthesize", "--out", str(interrupted), *ARGS)
+    assert json.loads((out / "latents" / "_SUCCESS.json").read_text())["seconds"] == encode_seconds
+    workers = actor_processes("RayTrainWorker", under=process.pid)
+    assert len(workers) == 1
+    kill_process_tree(workers[0])
+    resumed = wait_for_registered_checkpoint(out, training, process, accept=lambda m: m["start_epoch"] > 0)
+    assert resumed["start_epoch"] >= first["epoch"], log.read_text()[-3000:]
+    kill_process_tree(process.pid)
+    process.wait()
+    assert not (out / "students" / "_SUCCESS.json").exists()
+
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    metrics = json.loads((out / "students" / "convnet3" / "metrics.json").read_text())
+    assert metrics["epochs"] == 40
+    assert resumed["epoch"] <= metrics["resumed_from_epoch"] < 40
+    checkpoints = [p for p in out.glob(f"{training}/checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 2  # only the last two are kept
 
     # The same stages from scratch in the same run: nothing kept this time.
-    resumed = {"prototypes": table(interrupted / "prototypes", ["label", "index"]),
-               "distilled": table(interrupted / "distilled", ["id"])}
-    (interrupted / "prototypes" / "_STARTED.json").unlink()
-    run_stages(("quantize", "synthesize"), "--out", str(interrupted), *ARGS)
-    assert table(interrupted / "prototypes", ["label", "index"]) == resumed["prototypes"]
-    assert table(interrupted / "distilled", ["id"]) == resumed["distilled"]
+    resumed_tables = {"prototypes": table(out / "prototypes", ["label", "index"]),
+                      "distilled": table(out / "distilled", ["id"])}
+    (out / "prototypes" / "_STARTED.json").unlink()
+    run_stages(("quantize", "synthesize"), "--out", str(out), *ARGS)
+    assert table(out / "prototypes", ["label", "index"]) == resumed_tables["prototypes"]
+    assert table(out / "distilled", ["id"]) == resumed_tables["distilled"]
 
 
 def test_an_encoder_actor_killed_mid_stage_changes_nothing_and_actor_counts_change_nothing(ray_local, tmp_path):

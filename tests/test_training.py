@@ -1,7 +1,7 @@
-"""Issue 5: mixing with weights, the weighted loss across worker counts, and resuming a killed training."""
+"""Issue 5: mixing with weights, the weighted loss across worker counts, exact resume of the training loop (a killed
+training run: tests/test_faults.py)."""
 
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import actor_processes, kill_process_tree, wait_for_registered_checkpoint
 from raydistill.train.augment import mix_batch
 from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
 
@@ -72,34 +71,6 @@ def test_two_workers_give_the_gradient_of_one(tmp_path):
     # The naive mean of per-worker weighted means differs: the weights are not split evenly between the workers.
     naive = 0.5 * sum(weighted_mean(per_sample_loss(model(x[r::2]), y[r::2], None, 1.0), w[r::2]) for r in range(2))
     assert abs(naive.item() - weighted_mean(per_sample_loss(model(x), y, None, 1.0), w).item()) > 1e-3
-
-
-@pytest.mark.slow
-def test_killed_worker_and_killed_run_both_resume_from_the_last_checkpoint(tmp_path):
-    """Kill the training worker after a checkpoint: Ray Train replaces it and it continues from that checkpoint.
-    Then kill the whole `raydistill run`: the rerun resumes from the last checkpoint, the epochs continuing."""
-    out, log = tmp_path / "run", tmp_path / "run.log"
-    command = [str(Path(sys.executable).parent / "raydistill"), "run", "--ipc", "2", "--out", str(out),
-               "--set", "evaluate.baseline=false", "--set", "train.epochs=40", "--set", "quantize.iterations=5"]
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
-    training = "train_state/*/method-convnet3"
-    first = wait_for_registered_checkpoint(out, training, process)
-    workers = actor_processes("RayTrainWorker", under=process.pid)
-    assert len(workers) == 1
-    kill_process_tree(workers[0])
-    resumed = wait_for_registered_checkpoint(out, training, process, accept=lambda m: m["start_epoch"] > 0)
-    assert resumed["start_epoch"] >= first["epoch"], log.read_text()[-3000:]
-
-    kill_process_tree(process.pid)
-    process.wait()
-    assert not (out / "students" / "_SUCCESS.json").exists()
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    metrics = json.loads((out / "students" / "convnet3" / "metrics.json").read_text())
-    assert metrics["epochs"] == 40
-    assert resumed["epoch"] <= metrics["resumed_from_epoch"] < 40
-    checkpoints = [p for p in out.glob("train_state/*/method-convnet3/checkpoint_*") if p.is_dir()]
-    assert len(checkpoints) == 2  # only the last two are kept
 
 
 def tiny_trainer(epochs=6, mix="cutmix"):
