@@ -40,9 +40,10 @@ def main() -> None:
         args.candidates, args.dim = 10_000, 1024
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else f"cpu ({args.threads} thread{'s' * (args.threads > 1)})"
+    block_setting = "GPU_DRAWS_PER_BATCH" if device == "cuda" else "CPU_DRAWS_PER_BATCH"
     if args.draws_per_batch:
-        setattr(d3hr, "GPU_DRAWS_PER_BATCH" if device == "cuda" else "CPU_DRAWS_PER_BATCH", args.draws_per_batch)
-    draws_per_batch = d3hr.GPU_DRAWS_PER_BATCH if device == "cuda" else d3hr.CPU_DRAWS_PER_BATCH
+        setattr(d3hr, block_setting, args.draws_per_batch)
+    draws_per_batch = getattr(d3hr, block_setting)
     x = np.random.default_rng(0).normal(size=(args.points, args.dim)).astype(np.float32)
     rows = {}
     print(f"d3hr on {args.points} x {args.dim} points, {args.candidates:,} candidates, {device}, "

@@ -89,6 +89,7 @@ def tiny_trainer(epochs=6, mix="cutmix"):
 
 def test_student_trainer_learns_and_resumes_exactly():
     trainer = tiny_trainer(mix="none")
+    assert (trainer.steps_per_epoch, trainer.images_per_epoch) == (3, 24)  # 20 images wrapped to 3 batches of 8
     losses = [trainer.train_epoch()["loss"] for _ in range(3)]
     assert losses[-1] < losses[0]
     resumed = tiny_trainer(mix="none")

@@ -57,12 +57,12 @@ def train_worker(config: dict) -> None:
         losses.append(round(metrics["loss"], 5))
         if rank == 0:
             tags = {"stage": "train", "run": rundir.name}
-            images = trainer.steps_per_epoch * min(config["settings"].batch_size, len(data.labels))  # all workers
             # Gauges leave the metrics endpoint with the worker that set them; the counter stays after training.
-            count("raydistill_images_trained", images, **tags)
+            count("raydistill_images_trained", trainer.images_per_epoch, **tags)
             record("raydistill_train_epoch", trainer.epoch, **tags)
             record("raydistill_train_loss", metrics["loss"], **tags)
-            record("raydistill_train_images_per_second", images / (time.perf_counter() - started), **tags)
+            record("raydistill_train_images_per_second",
+                   trainer.images_per_epoch / (time.perf_counter() - started), **tags)
         # Metrics go out with checkpoints only (each report waits for a controller poll); the epochs in between
         # travel along in `losses`.
         if trainer.epoch % every and trainer.epoch != epochs:

@@ -71,7 +71,9 @@ class StudentTrainer:
                  rank: int = 0, world: int = 1):
         self.model, self.data, self.settings, self.teacher = model, data, settings, teacher
         self.device, self.rank, self.world = device, rank, world
-        self.steps_per_epoch = len(batches_for_epoch(len(data.labels), settings.batch_size, 0, 0, 0, 1))
+        epoch_batches = batches_for_epoch(len(data.labels), settings.batch_size, 0, 0, 0, 1)
+        self.steps_per_epoch = len(epoch_batches)
+        self.images_per_epoch = sum(map(len, epoch_batches))  # over all workers, padded to whole batches
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=settings.epochs * self.steps_per_epoch
