@@ -13,8 +13,8 @@ import pytest
 from conftest import actor_processes, invoke, kill_process_tree, wait_for_registered_checkpoint
 
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
-# A quantizer slow enough (about a second per class: d3hr's group search on pixel latents) that the kill lands
-# while classes are still being quantized.
+# A quantizer slow enough (d3hr's group search over 30,000 candidates per class) that the kill lands while classes
+# are still being quantized.
 ARGS = ["--ipc", "3", "--max-per-class", "40", "--method", "d3hr", "--space", "latent", "--set",
         "quantize.candidates=30000", "--set", "evaluate.baseline=false"]
 
