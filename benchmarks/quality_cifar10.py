@@ -2,11 +2,12 @@
 
 python -m benchmarks.quality_cifar10 [--quick] [--epochs N] [--ipc 10 50] [--seeds 0 1 2]
 
-Every run shares one run directory, so the 5,000-image encode happens once and each (method, seed, transform) redoes
-quantize onwards. Finished runs are appended to results.jsonl there, so an interrupted benchmark resumes where it
-stopped. Prints a table (mean and spread over seeds) and, last, one JSON line: `top1` (set -> IPC -> student ->
-mean top-1 over seeds) and `w2_reduction`, the mean per-class reduction of the Wasserstein-2 distance between a
-class's latents and its prototypes when DDOQ's Voronoi weights replace uniform ones (the DDOQ paper reports 16-20 %).
+Every run shares one run directory, so the 5,000-image encode happens once and each (method, seed, transform, epochs)
+redoes quantize onwards. Finished runs are appended to results.jsonl there, so an interrupted benchmark resumes where it
+stopped, and runs at different `--epochs` are kept side by side. Prints a table (mean and spread over seeds) and,
+last, one JSON line: `top1` (set -> IPC -> student -> mean top-1 over seeds) and `w2_reduction`, the mean per-class
+reduction of the Wasserstein-2 distance between a class's latents and its prototypes when DDOQ's Voronoi weights
+replace uniform ones (the DDOQ paper reports 16-20 %).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +36,8 @@ def grid(ipcs: list[int], seeds: list[int], transforms: list[str]) -> list[dict]
     return runs
 
 
-def key(run: dict) -> str:
-    return f"{run['method']}|{run['transform']}|ipc{run['ipc']}|seed{run['seed']}"
+def key(run: dict, epochs: int) -> str:
+    return f"{run['method']}|{run['transform']}|ipc{run['ipc']}|seed{run['seed']}|{epochs}ep"
 
 
 def cifar_run(prior: str) -> list[str]:
@@ -57,9 +59,11 @@ def run_one(out: Path, run: dict, epochs: int) -> dict:
         "--out", str(out), "--set", "evaluate.baseline=false", "--set", f"train.epochs={epochs}",
         "--set", f"train.weight_transform={run['transform']}",
     ]
+    started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = round(time.perf_counter() - started)
     report = json.loads((out / "report" / "report.json").read_text())
-    return {**run, "epochs": epochs, "top1": {s: report["students"][s]["top1"] for s in STUDENTS},
+    return {**run, "epochs": epochs, "seconds": seconds, "top1": {s: report["students"][s]["top1"] for s in STUDENTS},
             "w2_reduction": report["quantization"]["w2_reduction"]}
 
 
@@ -93,16 +97,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
-    done = {key(r): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    done = {key(r, r["epochs"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
     results = []
     for run in grid(args.ipc, args.seeds, args.transforms):
-        result = done.get(key(run))
-        if result is None or result["epochs"] != args.epochs:
+        result = done.get(key(run, args.epochs))
+        if result is None:
             result = run_one(out, run, args.epochs)
             with open(log, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
         results.append(result)
-        print(f"{key(run)}: " + ", ".join(f"{s} {v:.2f}" for s, v in result["top1"].items()), flush=True)
+        print(f"{key(run, args.epochs)}: " + ", ".join(f"{s} {v:.2f}" for s, v in result["top1"].items()), flush=True)
     summary = summarise(results)
     print(f"\n{'set':16s} {'IPC':>4s} {'student':16s} top-1 mean ± std over seeds")
     for name, ipcs in sorted(summary.items()):
