@@ -4,7 +4,8 @@ python -m benchmarks.quality_cifar10 [--quick] [--epochs N] [--ipc 10 50] [--see
 
 Every run shares one run directory, so the 5,000-image encode happens once and each (method, seed, transform, epochs)
 redoes quantize onwards. Finished runs are appended to results.jsonl there, so an interrupted benchmark resumes where it
-stopped, and runs at different `--epochs` are kept side by side. Prints a table (mean and spread over seeds) and,
+stopped, and runs at different `--epochs` are kept side by side; each row records its wall seconds and the commit it
+measured (delete the rows of older code to rerun them). Prints a table (mean and spread over seeds) and,
 last, one JSON line: `top1` (set -> IPC -> student -> mean top-1 over seeds) and `w2_reduction`, the mean per-class
 reduction of the Wasserstein-2 distance between a class's latents and its prototypes when DDOQ's Voronoi weights
 replace uniform ones (the DDOQ paper reports 16-20 %).
@@ -51,6 +52,12 @@ def cifar_run(prior: str) -> list[str]:
     ]
 
 
+def code_version() -> str:
+    """The commit the run measured ("-dirty" with uncommitted changes), so rows from different code are told apart."""
+    describe = ["git", "describe", "--always", "--dirty"]
+    return subprocess.run(describe, cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+
+
 def run_one(out: Path, run: dict, epochs: int) -> dict:
     command = [
         *cifar_run(f"taef2:{SHARED / 'weights/taef2'}"),
@@ -63,7 +70,8 @@ def run_one(out: Path, run: dict, epochs: int) -> dict:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = round(time.perf_counter() - started)
     report = json.loads((out / "report" / "report.json").read_text())
-    return {**run, "epochs": epochs, "seconds": seconds, "top1": {s: report["students"][s]["top1"] for s in STUDENTS},
+    return {**run, "epochs": epochs, "seconds": seconds, "code": code_version(),
+            "top1": {s: report["students"][s]["top1"] for s in STUDENTS},
             "w2_reduction": report["quantization"]["w2_reduction"]}
 
 
