@@ -108,14 +108,14 @@ def main() -> None:
     done = {key(r, r["epochs"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
     results = []
     for run in grid(args.ipc, args.seeds, args.transforms):
-        name = key(run, args.epochs)
-        result = done.get(name)
+        run_key = key(run, args.epochs)
+        result = done.get(run_key)
         if result is None:
             result = run_one(out, run, args.epochs)
             with open(log, "a") as handle:
                 handle.write(json.dumps(result) + "\n")
         results.append(result)
-        print(f"{name}: " + ", ".join(f"{s} {v:.2f}" for s, v in result["top1"].items()), flush=True)
+        print(f"{run_key}: " + ", ".join(f"{s} {v:.2f}" for s, v in result["top1"].items()), flush=True)
     summary = summarise(results)
     print(f"\n{'set':16s} {'IPC':>4s} {'student':16s} top-1 mean ± std over seeds")
     for name, ipcs in sorted(summary.items()):
