@@ -24,6 +24,10 @@ from raydistill.errors import UserError
 # What a denoiser outputs, in diffusers' scheduler terms: the noise, the velocity sqrt(a) eps - sqrt(1 - a) x0, or the
 # clean latent.
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# ImageNet's evaluation crop, Resize(256) + CenterCrop(224); students up to SMALL_IMAGE_SIZE px (CIFAR, Tiny-ImageNet)
+# are evaluated on the whole image.
+IMAGENET_CROP_RATIO = 0.875
+SMALL_IMAGE_SIZE = 64
 
 
 def resource(default: Any) -> Any:
@@ -63,12 +67,16 @@ class PriorConfig:
         resolution: pixel size the encoder takes; None uses the prior's own default.
         prompt: text-conditioned priors (sd) see each class as this prompt, `{name}` being the class name.
         negative_prompt: their unconditional prompt for classifier-free guidance.
+        class_map: the label a label-conditioned prior (dit) gives each dataset class, by class name; None maps the
+            classes by name to the prior's own (ImageNet-1K wnids or names for a released DiT, the training classes
+            of a prior trained by `raydistill prior train`).
     """
 
     spec: str = "pixel"
     resolution: int | None = None
     prompt: str = "{name}"
     negative_prompt: str = ""
+    class_map: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,11 +207,15 @@ class EvaluateConfig:
 
     Attributes:
         baseline: also train and evaluate a random real subset of the same size with the same protocol.
+        crop_ratio: validation images are resized so their short side is `data.image_size / crop_ratio`, then
+            centre-cropped to `data.image_size` (ImageNet's Resize(256) + CenterCrop(224) is 0.875); None means 0.875
+            for students larger than 64 px and 1 (the whole image, as CIFAR and Tiny-ImageNet are evaluated) else.
         gpus_per_actor: None means 1 when the cluster has GPUs when the stage starts, else 0; set it on a cluster
             whose GPU workers autoscale from zero (as `encode`, `synthesize` and `train.use_gpu`).
     """
 
     baseline: bool = True
+    crop_ratio: float | None = None
     batch_size: int = resource(256)
     actors: int = resource(1)
     gpus_per_actor: float | None = resource(None)
@@ -281,6 +293,13 @@ def decode_method(config: RunConfig) -> str:
     return "ddim" if quantize_space(config) == "noise" else "nearest"
 
 
+def eval_crop_ratio(config: RunConfig) -> float:
+    """The share of the validation image's short side that the evaluated centre crop keeps."""
+    if config.evaluate.crop_ratio is not None:
+        return config.evaluate.crop_ratio
+    return IMAGENET_CROP_RATIO if config.data.image_size > SMALL_IMAGE_SIZE else 1.0
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Converts a YAML value to the field's declared type, or raises a UserError naming the key."""
     origin = typing.get_origin(annotation)
@@ -290,6 +309,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in options if a is not type(None)]
         return _coerce(value, inner, where)
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise UserError(f"config key {where!r} expects a mapping, got {value!r}")
+        return {_coerce(k, key_type, where): _coerce(v, value_type, where) for k, v in value.items()}
     if origin is tuple:
         (inner, _) = typing.get_args(annotation)
         items = value if isinstance(value, (list, tuple)) else [value]

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from raydistill.config import (
-    RunConfig, decode_method, fingerprint, inverts, quantize_space, to_dict, with_absolute_paths,
+    RunConfig, decode_method, eval_crop_ratio, fingerprint, inverts, quantize_space, to_dict, with_absolute_paths,
 )
 from raydistill.data import ImageSource, open_source
+from raydistill.data.classes import display_name, imagenet_indices, prior_labels
 from raydistill.data.selection import class_counts, select_per_class
 from raydistill.errors import UserError
 from raydistill.priors import Prior, load_prior
-from raydistill.priors.diffusion import DiffusionPrior, require_denoiser
+from raydistill.priors.diffusion import DiffusionPrior, TextDiffusionPrior, require_denoiser
 from raydistill.quantize import QUANTIZERS
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
@@ -51,14 +52,15 @@ class Stage:
 
 
 STAGES = (
-    Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.image_size, c.data.max_per_class,
-                                          c.data.subset_seed, c.prior,
+    # Encoding reads the originals at the prior's resolution: the students' size first matters when images are made.
+    Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.max_per_class, c.data.subset_seed,
+                                          c.prior,
                                           (c.encode.t_end, c.encode.steps, c.encode.guidance) if inverts(c) else ())),
     Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
-    Stage("synthesize", "distilled", lambda c: (c.synthesize,), per_variant=True),
+    Stage("synthesize", "distilled", lambda c: (c.synthesize, c.data.image_size), per_variant=True),
     Stage("train", "students", lambda c: (c.train,), per_variant=True),
     Stage("dope", "doped", lambda c: (c.dope,)),
-    Stage("evaluate", "evaluation", lambda c: (c.data.val,)),
+    Stage("evaluate", "evaluation", lambda c: (c.data.val, eval_crop_ratio(c))),
     Stage("report", "report", lambda c: ()),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
@@ -157,16 +159,26 @@ def validate_diffusion(config: RunConfig) -> None:
                             f"got {list(q.score_weights)}")
 
 
-def check_prior_for(config: RunConfig, prior: Prior, num_classes: int) -> None:
-    """A run that inverts or samples needs a diffusion prior that knows every class and the configured levels."""
+def check_prior_for(config: RunConfig, prior: Prior, class_names: list[str]) -> list[int] | None:
+    """A run that inverts or samples needs a diffusion prior that knows every class and the configured levels.
+
+    Returns:
+        The label a label-conditioned prior is given for each class, where the run conditions one on them.
+    """
+    conditioned = isinstance(prior, DiffusionPrior) and not isinstance(prior, TextDiffusionPrior)
+    if config.prior.class_map is not None and not conditioned:
+        raise UserError(f"prior.class_map gives the labels of a label-conditioned prior (dit), but {prior.name!r} "
+                        f"{'takes class names as prompts' if isinstance(prior, DiffusionPrior) else 'has no labels'}: "
+                        f"drop prior.class_map")
     inverting, sampling = inverts(config), decode_method(config) in ("ddim", "dsco")
     if not (inverting or sampling):
-        return
+        return None
     purpose = "DDIM inversion (quantize.space noise)" if inverting else f"--decode {decode_method(config)}"
     diffusion = require_denoiser(prior, purpose)
-    if num_classes > diffusion.num_classes:
-        raise UserError(f"the data has {num_classes} classes but prior {prior.name!r} knows "
-                        f"{diffusion.num_classes}: use a prior trained on this dataset's classes")
+    labels = None
+    if conditioned:
+        labels = prior_labels(class_names, diffusion.class_names, diffusion.num_classes, prior.name,
+                              config.prior.class_map)
     checks = []
     if inverting:
         checks.append(("encode", config.encode.t_end, config.encode.steps, config.encode.guidance))
@@ -183,6 +195,7 @@ def check_prior_for(config: RunConfig, prior: Prior, num_classes: int) -> None:
         if resolve_guidance(diffusion, guidance) != 1.0 and not diffusion.supports_guidance:
             raise UserError(f"prior {prior.name!r} has no null class for classifier-free guidance: "
                             f"pass --set {section}.guidance=1")
+    return labels
 
 
 def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | None:
@@ -218,20 +231,30 @@ def prepare(config: RunConfig) -> Context:
         )
     class_names = train_source.class_names
     check_class_sizes(counts, class_names, config.quantize.ipc, config.quantize.allow_fewer)
+    teacher_classes = imagenet_indices(class_names)
     if config.train.teacher:
-        load_teacher(config.train.teacher, len(class_names))
+        load_teacher(config.train.teacher, len(class_names), teacher_classes)
     prior = load_prior(config.prior.spec, config.prior.resolution)
+    labels = check_prior_for(config, prior, class_names)
     if isinstance(prior, DiffusionPrior):
-        prior.use_class_names(class_names, config.prior.prompt, config.prior.negative_prompt)
-    check_prior_for(config, prior, len(class_names))
+        prior.use_class_names(class_names, config.prior.prompt, config.prior.negative_prompt, labels)
     rundir = RunDir(config.out)
     rundir.write_json(to_dict(config), "config.json")
-    rundir.write_json(class_names, "class_names.json")
+    rundir.write_json(class_records(class_names, labels, teacher_classes), "class_names.json")
     return Context(
         config=config, rundir=rundir, train_source=train_source, val_source=val_source, class_names=class_names,
         class_counts=counts, keep_ids=keep_ids, latent_shape=tuple(prior.latent_shape), resolution=prior.resolution,
-        train_timesteps=prior.train_timesteps if isinstance(prior, DiffusionPrior) else None,
+        train_timesteps=prior.train_timesteps if isinstance(prior, DiffusionPrior) else None, prior_labels=labels,
+        imagenet_classes=teacher_classes,
     )
+
+
+def class_records(class_names: list[str], labels: list[int] | None, imagenet: list[int] | None) -> list[dict]:
+    """class_names.json: each class's name in the data, the name a person reads, the label the prior is given and
+    its ImageNet-1K index (null where they do not apply)."""
+    return [{"label": i, "name": name, "display_name": display_name(name),
+             "prior_label": None if labels is None else labels[i],
+             "imagenet_index": None if imagenet is None else imagenet[i]} for i, name in enumerate(class_names)]
 
 
 def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: bool = False) -> dict:

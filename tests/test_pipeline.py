@@ -135,4 +135,4 @@ def test_export_writes_an_image_folder(digits_run, tmp_path):
     pngs = sorted((tmp_path / "export").rglob("*.png"))
     assert len(pngs) == 50 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
     lines = (tmp_path / "export" / "weights.csv").read_text().splitlines()
-    assert lines[0] == "path,label,weight" and len(lines) == 51
+    assert lines[0] == "path,label,class_name,weight" and len(lines) == 51

@@ -13,6 +13,8 @@ import logging
 import numpy as np
 import ray
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 from raydistill.metrics import count
 
@@ -33,13 +35,16 @@ class SkippedImage(ValueError):
 
 @ray.remote(num_cpus=0)
 class SkipLedger:
-    """Collects the ids of skipped images by reason, once each (a retried decode task reports the same ids again)."""
+    """Collects the ids of skipped images by reason, and of upsampled ones, once each (a retried decode task reports
+    the same ids again)."""
 
     def __init__(self):
         self.reasons: dict[str, str] = {}
+        self.upsampled: set[str] = set()
 
-    def add(self, skipped: dict[str, str]) -> None:
+    def add(self, skipped: dict[str, str], upsampled: list[str] = ()) -> None:
         self.reasons.update(skipped)
+        self.upsampled.update(upsampled)
 
     def summary(self, examples: int = 5) -> dict:
         by_reason: dict[str, list[str]] = {}
@@ -47,7 +52,9 @@ class SkipLedger:
             by_reason.setdefault(reason, []).append(image_id)
         return {"skipped_images": len(self.reasons),
                 "skipped_by_reason": {reason: len(ids) for reason, ids in sorted(by_reason.items())},
-                "skipped_examples": {reason: ids[:examples] for reason, ids in sorted(by_reason.items())}}
+                "skipped_examples": {reason: ids[:examples] for reason, ids in sorted(by_reason.items())},
+                "upsampled_images": len(self.upsampled),
+                "upsampled_examples": sorted(self.upsampled)[:examples]}
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -65,15 +72,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
+def decode_image(data: bytes, size: int, crop_ratio: float = 1.0) -> np.ndarray:
     """Decodes one encoded image to an RGB `size` x `size` array.
 
-    The short side is resized to `size` (bicubic) and the centre `size` x `size` square is cut out, so nothing is
-    stretched. An image already `size` x `size` keeps its exact pixels.
+    The short side is resized to `size / crop_ratio` (bicubic, antialiased when shrinking) and the centre
+    `size` x `size` square is cut out, so nothing is stretched: torchvision's Resize + CenterCrop. An image already
+    `size` x `size` keeps its exact pixels when `crop_ratio` is 1.
 
     Args:
         data: Encoded image bytes (JPEG, PNG, BMP, WebP or anything else Pillow reads).
         size: Side of the output square, in pixels.
+        crop_ratio: Share of the resized short side the crop keeps (ImageNet evaluation: 0.875).
 
     Returns:
         A uint8 array of shape (size, size, 3).
@@ -84,14 +93,21 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         SkippedImage: If the bytes are not a readable image ("corrupt"), end early ("truncated"), the image's short
             side is below MIN_SIDE ("too_small"), or it exceeds Pillow's decompression-bomb limit ("too_large").
     """
+    return _decode(data, size, crop_ratio)[0]
+
+
+def _decode(data: bytes, size: int, crop_ratio: float) -> tuple[np.ndarray, bool]:
+    """`decode_image`, and whether the image had to be upsampled (its short side was below `size / crop_ratio`)."""
+    short_side = round(size / crop_ratio)
     # Pillow's decoders signal bad data with many types (OSError, SyntaxError, EOFError, struct.error, ...).
     try:
         with Image.open(io.BytesIO(data)) as img:
             if min(img.size) < MIN_SIDE:
                 raise SkippedImage("too_small", f"image is {img.size[0]}x{img.size[1]}, below {MIN_SIDE} px a side")
+            upsampled = min(img.size) < short_side
             # JPEG can decode at 1/2, 1/4 or 1/8 scale straight from the DCT, far faster for large photos; draft
-            # keeps both sides >= the request, so the short side still reaches `size` before the bicubic resize.
-            img.draft("RGB", (size, size))
+            # keeps both sides >= the request, so the short side still reaches `short_side` before the resize.
+            img.draft("RGB", (short_side, short_side))
             img.load()
             rgb = _to_rgb(img)
     except SkippedImage:
@@ -102,43 +118,42 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         reason = "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
         raise SkippedImage(reason, f"cannot decode image: {type(e).__name__}: {e}") from e
 
-    width, height = rgb.size
-    if (width, height) != (size, size):
-        scale = size / min(width, height)
-        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-        rgb = rgb.resize(new_size, Image.Resampling.BICUBIC)
-        left = (new_size[0] - size) // 2
-        top = (new_size[1] - size) // 2
-        rgb = rgb.crop((left, top, left + size, top + size))
-    return np.asarray(rgb, dtype=np.uint8)
+    # torchvision's Resize + CenterCrop, as the peers' loaders run them (Pillow's bicubic antialiases when shrinking).
+    rgb = TF.center_crop(TF.resize(rgb, short_side, interpolation=InterpolationMode.BICUBIC), size)
+    return np.asarray(rgb, dtype=np.uint8), upsampled
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: str = "",
-                 ledger: "ray.actor.ActorHandle | None" = None) -> dict[str, np.ndarray]:
+                 ledger: "ray.actor.ActorHandle | None" = None, crop_ratio: float = 1.0) -> dict[str, np.ndarray]:
     """Decodes a Ray numpy batch of encoded images; unusable images are logged with their id and dropped.
 
     Args:
         batch: Columns `id` (str), `label` (int) and `image` (encoded bytes objects).
         size: Side of the output images, in pixels.
         stage, run: tags of the decoded/skipped counters on the Ray dashboard.
-        ledger: a SkipLedger that is told each dropped id and why (waited for, so none is lost when the task ends).
+        ledger: a SkipLedger that is told each dropped id and why, and each upsampled id (waited for, so none is
+            lost when the task ends).
+        crop_ratio: as in `decode_image`.
 
     Returns:
         Columns `id`, `label` (int32) and `image` (uint8, shape (N, size, size, 3)) for the images that decoded.
     """
-    images, skipped = [], {}
+    images, skipped, upsampled = [], {}, []
     keep = np.zeros(len(batch["id"]), dtype=bool)
     for i, (image_id, data) in enumerate(zip(batch["id"], batch["image"])):
         try:
-            images.append(decode_image(data, size))
+            image, was_upsampled = _decode(data, size, crop_ratio)
         except SkippedImage as e:
             # One bad file must not fail a job over millions: it is counted, by reason, and left out.
             logger.warning("dropping image %s (%s): %s", image_id, e.reason, e)
             skipped[str(image_id)] = e.reason
             continue
+        images.append(image)
+        if was_upsampled:
+            upsampled.append(str(image_id))
         keep[i] = True
-    if skipped and ledger is not None:
-        ray.get(ledger.add.remote(skipped))
+    if (skipped or upsampled) and ledger is not None:
+        ray.get(ledger.add.remote(skipped, upsampled))
     count("raydistill_images_decoded", int(keep.sum()), stage, run)
     count("raydistill_images_skipped", int((~keep).sum()), stage, run)
     return {
@@ -149,29 +164,38 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: 
 
 
 DECODE_TASK_MEMORY = 256 * 2**20
+DECODE_BATCH_ROWS = 256
+
+
+def decode_batch_rows(size: int) -> int:
+    """Images per decode call: 256, fewer where a batch of them (and the decoder's copy) would outgrow the task's
+    memory (prior-sized images: 85 at 512 px)."""
+    return max(1, min(DECODE_BATCH_ROWS, DECODE_TASK_MEMORY // (3 * size * size * 3)))
 
 
 def decode_dataset(ds: ray.data.Dataset, size: int, stage: str = "", run: str = "",
-                   ledger: "ray.actor.ActorHandle | None" = None, block_rows: int | None = None) -> ray.data.Dataset:
+                   ledger: "ray.actor.ActorHandle | None" = None, block_rows: int | None = None,
+                   crop_ratio: float = 1.0) -> ray.data.Dataset:
     """Decodes and resizes every image of a Ray Dataset in CPU tasks.
 
     Args:
         ds: Rows `{id, label, image}` with encoded image bytes, as `ImageSource.dataset()` gives.
         size: Side of the output images, in pixels.
         stage, run: tags of the decoded/skipped counters on the Ray dashboard.
-        ledger: a SkipLedger to record the dropped images in.
+        ledger: a SkipLedger to record the dropped and upsampled images in.
         block_rows: cut the decoded images into blocks of at most this many rows. A block is one call of the actor
             pool that follows, so blocks of a few model batches spread the work evenly over the actors to the end
             (small images otherwise make blocks of thousands of rows, and the last ones run on one actor alone).
+        crop_ratio: as in `decode_image` (the evaluation crop).
 
     Returns:
         A lazy Dataset of rows `{id: str, label: int32, image: uint8 (size, size, 3)}` without the undecodable images.
     """
     decoded = ds.map_batches(
         decode_batch,
-        fn_kwargs={"size": size, "stage": stage, "run": run, "ledger": ledger},
+        fn_kwargs={"size": size, "stage": stage, "run": run, "ledger": ledger, "crop_ratio": crop_ratio},
         batch_format="numpy",
-        batch_size=256,
+        batch_size=decode_batch_rows(size),
         num_cpus=1,
         # Room for a batch of decoded images and the decoder's buffers. Asking for it also keeps Ray Data from fusing
         # the decoding into a following model actor pool that asks for the same CPUs (it fuses operators whose

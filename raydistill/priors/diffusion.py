@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from raydistill.config import PREDICTION_TYPES
+from raydistill.data.classes import IMAGENET_CLASSES, display_name, imagenet_class_names
 from raydistill.errors import UserError
 from raydistill.priors.autoencoders import (
     TINY_RESOLUTION, DiffusersVAEPrior, load_vae, tiny_autoencoder, vae_downsample,
@@ -24,6 +25,8 @@ from raydistill.priors.base import PRIORS, Prior, load_prior
 
 # A prior trained by `raydistill prior train` names its autoencoder here instead of holding a vae/ folder.
 AUTOENCODER_FILE = "autoencoder.json"
+# ... and records what it was trained on, its classes among them.
+TRAINING_INFO_FILE = "training.json"
 # DiT's training schedule, as diffusers scheduler arguments.
 DIT_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 # Classifier-free guidance scales: D3HR's and DsCo's for DiT, D4M's img2img for Stable Diffusion.
@@ -50,11 +53,15 @@ class DiffusionPrior(Prior):
         default_guidance: guidance scale used where the config leaves it unset.
         prediction_type: what the denoiser outputs (a PREDICTION_TYPES name, from its scheduler config);
             `predict_noise` turns any of them into a noise estimate.
+        class_names: what each of the denoiser's labels is (ImageNet-1K wnids for a released DiT, the training
+            classes of a prior trained here), or None where nothing says.
+        label_map: (K,) the denoiser's label for each dataset label, once `use_class_names` was given one; empty
+            means labels are the denoiser's own.
     """
 
     def __init__(self, autoencoder: Prior, denoiser: nn.Module, alphas_cumprod: np.ndarray, name: str,
                  default_guidance: float = DIT_GUIDANCE, latent_scale: float = 1.0,
-                 prediction_type: str = "epsilon"):
+                 prediction_type: str = "epsilon", class_names: list[str] | None = None):
         super().__init__(name, autoencoder.resolution, autoencoder.downsample, autoencoder.latent_shape[0])
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"prior {name!r}: its scheduler's prediction_type {prediction_type!r} is not one of "
@@ -65,6 +72,11 @@ class DiffusionPrior(Prior):
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
         self.num_classes, self.null_class = class_slots(denoiser)
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise UserError(f"prior {name!r} names {len(class_names)} classes but its denoiser has {self.num_classes} "
+                            f"labels: fix its class list")
+        self.class_names = class_names
+        self.register_buffer("label_map", torch.empty(0, dtype=torch.long), persistent=False)
         self.default_guidance = default_guidance
         side = getattr(denoiser.config, "sample_size", None)
         if side is not None and side != self.latent_shape[1]:
@@ -88,12 +100,23 @@ class DiffusionPrior(Prior):
     def supports_guidance(self) -> bool:
         return self.null_class is not None
 
-    def use_class_names(self, class_names: list[str], prompt: str, negative_prompt: str) -> None:
-        """Tells the prior the dataset's classes; a label-conditioned model takes labels as they are."""
+    def use_class_names(self, class_names: list[str], prompt: str, negative_prompt: str,
+                        prior_labels: list[int] | None = None) -> None:
+        """Tells the prior the dataset's classes: a label-conditioned model is given `prior_labels[label]` for a
+        dataset label (`raydistill.data.classes.prior_labels` resolves them); without them, labels are its own."""
+        if prior_labels is not None:
+            self.label_map = torch.tensor(prior_labels, dtype=torch.long, device=self.device)
+
+    @property
+    def known_labels(self) -> int:
+        """How many labels `predict_noise` takes: the dataset's classes once mapped, else the denoiser's."""
+        return len(self.label_map) if len(self.label_map) else self.num_classes
 
     def conditions(self, labels: torch.Tensor, unconditional: bool) -> dict[str, torch.Tensor]:
         """The denoiser's conditioning keyword arguments for a batch of labels, or for "no class"."""
-        return {"class_labels": torch.full_like(labels, self.null_class) if unconditional else labels}
+        if unconditional:
+            return {"class_labels": torch.full_like(labels, self.null_class)}
+        return {"class_labels": self.label_map[labels] if len(self.label_map) else labels}
 
     def predict_noise(self, latents: torch.Tensor, timestep: int, labels: torch.Tensor,
                       guidance: float) -> torch.Tensor:
@@ -161,8 +184,10 @@ class TextDiffusionPrior(DiffusionPrior):
     def supports_guidance(self) -> bool:
         return True
 
-    def use_class_names(self, class_names: list[str], prompt: str, negative_prompt: str) -> None:
-        self.class_embeddings = self.embed([prompt.format(name=name) for name in class_names])
+    def use_class_names(self, class_names: list[str], prompt: str, negative_prompt: str,
+                        prior_labels: list[int] | None = None) -> None:
+        """Embeds each class's prompt; a wnid is written as its ImageNet name ("a photo of a tench")."""
+        self.class_embeddings = self.embed([prompt.format(name=display_name(name)) for name in class_names])
         self.null_embedding = self.embed([negative_prompt])
         self.num_classes = len(class_names)
 
@@ -179,10 +204,10 @@ class TextDiffusionPrior(DiffusionPrior):
 
 
 def check_labels(prior: DiffusionPrior, labels: torch.Tensor) -> None:
-    """Labels must be classes the prior's denoiser was trained on."""
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= prior.num_classes):
+    """Labels must be classes the prior was told of, or its denoiser was trained on."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= prior.known_labels):
         raise UserError(f"label {int(labels.max())} is outside prior {prior.name!r}'s classes "
-                        f"0..{prior.num_classes - 1}: use a prior trained on this dataset's classes")
+                        f"0..{prior.known_labels - 1}: use a prior trained on this dataset's classes")
 
 
 def require_denoiser(prior: Prior, purpose: str) -> DiffusionPrior:
@@ -272,11 +297,28 @@ def dit(arg: str | None, resolution: int | None) -> Prior:
         settings = json.loads(pointer.read_text())
         autoencoder = load_prior(settings["prior"], settings.get("resolution") if resolution is None else resolution)
         return DiffusionPrior(autoencoder, denoiser, alphas, "dit", latent_scale=settings["latent_scale"],
-                              prediction_type=prediction_type)
+                              prediction_type=prediction_type, class_names=trained_class_names(Path(source)))
     vae = load_vae(str(Path(source) / "vae") if local else source)
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)
+    # A released DiT's 1,000 labels are ImageNet-1K's classes in their standard order.
+    released_classes = imagenet_class_names() if class_slots(denoiser)[0] == IMAGENET_CLASSES else None
     return DiffusionPrior(DiffusersVAEPrior(vae, "vae", default_resolution if resolution is None else resolution),
-                          denoiser, alphas, "dit", prediction_type=prediction_type)
+                          denoiser, alphas, "dit", prediction_type=prediction_type, class_names=released_classes)
+
+
+def trained_class_names(directory: Path) -> list[str] | None:
+    """The classes a prior trained by `raydistill prior train` learnt, from its training.json."""
+    info_file = directory / TRAINING_INFO_FILE
+    if not info_file.is_file():
+        return None
+    try:
+        names = json.loads(info_file.read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"cannot read {info_file} ({e}): fix it or remove it and pass prior.class_map") from e
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise UserError(f"{info_file} has no list of class-name strings under 'class_names': fix it, or remove it "
+                        f"and pass prior.class_map")
+    return names
 
 
 @PRIORS.register("sd")
@@ -339,8 +381,10 @@ def dit_tiny(arg: str | None, resolution: int | None) -> Prior:
     if arg is not None:
         raise UserError(f"prior 'dit-tiny' takes no argument; got dit-tiny:{arg}: pass just 'dit-tiny'")
     resolution = TINY_RESOLUTION if resolution is None else resolution
+    # Its labels mean nothing, so they are named by number: a data set of classes "0", "1", ... maps onto them.
     return DiffusionPrior(DiffusersVAEPrior(tiny_autoencoder(), "tiny", resolution),
-                          tiny_dit(latent_side=resolution // 2), linear_schedule(), "dit-tiny")
+                          tiny_dit(latent_side=resolution // 2), linear_schedule(), "dit-tiny",
+                          class_names=[str(i) for i in range(IMAGENET_CLASSES)])
 
 
 def tiny_clip(directory: Path) -> tuple[nn.Module, object]:

@@ -13,6 +13,7 @@ from torch import nn
 
 from raydistill.errors import UserError
 from raydistill.imaging import to_tensor, to_uint8
+from raydistill.priors.diffusion import TRAINING_INFO_FILE
 from raydistill.priors.training import denoising_loss, is_held_out
 from raydistill.synthesize.ddim import sample_latents
 
@@ -77,9 +78,9 @@ def evaluate_prior(directory: str, teacher_spec: str, samples_per_class: int, st
 
     if samples_per_class <= 0:
         raise UserError(f"--samples-per-class must be positive, got {samples_per_class}")
-    info_file = Path(directory).expanduser() / "training.json"
+    info_file = Path(directory).expanduser() / TRAINING_INFO_FILE
     if not info_file.is_file():
-        raise UserError(f"{directory} has no training.json: pass a directory written by `raydistill prior train`")
+        raise UserError(f"{directory} has no {TRAINING_INFO_FILE}: pass a directory written by `raydistill prior train`")
     info = json.loads(info_file.read_text())
     prior = load_prior(f"dit:{directory}").eval()
     teacher = load_teacher(teacher_spec, info["num_classes"])

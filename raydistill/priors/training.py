@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from raydistill.errors import UserError
-from raydistill.priors.diffusion import AUTOENCODER_FILE, DIT_SCHEDULE
+from raydistill.priors.diffusion import AUTOENCODER_FILE, DIT_SCHEDULE, TRAINING_INFO_FILE
 
 # Model sizes, as DiTTransformer2DModel arguments. `cifar-cpu` is sized to learn CIFAR-10's 32x8x8 taef2 latents on
 # two CPU cores in about an hour; `tiny` is for tests; the others are the DiT paper's S, B and XL (patch 2).
@@ -127,5 +127,5 @@ def write_prior_directory(out: Path, ema: nn.Module, autoencoder_spec: str, reso
                   prediction_type=prediction_type).save_pretrained(out / "scheduler")
     pointer = {"prior": autoencoder_spec, "resolution": resolution, "latent_scale": latent_scale}
     (out / AUTOENCODER_FILE).write_text(json.dumps(pointer, indent=2) + "\n")
-    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 

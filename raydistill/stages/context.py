@@ -36,6 +36,9 @@ class Context:
         keep_ids: the ids kept by `max_per_class`, or None to keep all.
         latent_shape: (C, h, w) of one latent of the prior at its resolution.
         train_timesteps: length of the prior's noise schedule, or None for an autoencoder-only prior.
+        prior_labels: the label a label-conditioned prior is given for each class, where the run conditions one.
+        imagenet_classes: each class's ImageNet-1K index, where every class is an ImageNet class (the logits an
+            ImageNet teacher keeps for it).
     """
 
     config: RunConfig
@@ -48,6 +51,8 @@ class Context:
     latent_shape: tuple[int, int, int]
     resolution: int
     train_timesteps: int | None = None
+    prior_labels: list[int] | None = None
+    imagenet_classes: list[int] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -38,12 +38,15 @@ REAL_PREFIX = "real:"
 class ClarityScorer:
     """Ray Data actor: the student's clarity of each real image for its label (the true one, or the teacher's)."""
 
-    def __init__(self, run_uri: str, student_folder: str, teacher: str | None, num_classes: int, num_cpus: float):
+    def __init__(self, run_uri: str, student_folder: str, teacher: str | None, num_classes: int, num_cpus: float,
+                 imagenet_classes: list[int] | None = None):
         self.device, _ = model_device(num_cpus)
         rundir = RunDir(run_uri)
         self.run = rundir.name
         self.student = load_student(rundir, student_folder, self.device)
-        self.teacher = load_teacher(teacher, num_classes).to(self.device).eval() if teacher else None
+        self.teacher = None
+        if teacher:
+            self.teacher = load_teacher(teacher, num_classes, imagenet_classes).to(self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = to_tensor(batch["image"]).to(self.device)
@@ -69,7 +72,8 @@ def score_real_images(ctx: Context, student_folder: str) -> pa.Table:
     scores = images.map_batches(
         ClarityScorer,
         fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "student_folder": student_folder, "teacher": teacher,
-                               "num_classes": len(ctx.class_names), "num_cpus": cpus},
+                               "num_classes": len(ctx.class_names), "num_cpus": cpus,
+                               "imagenet_classes": ctx.imagenet_classes},
         compute=ActorPoolStrategy(size=cfg.dope.actors),
         batch_size=cfg.dope.batch_size,
         batch_format="numpy",

@@ -7,6 +7,8 @@ so each per-class quantize task reads only its class.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +26,8 @@ from raydistill.priors.diffusion import DiffusionPrior
 from raydistill.stages.cluster import BATCHES_PER_CALL, cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
 from raydistill.synthesize.ddim import invert_latents
+
+log = logging.getLogger("raydistill")
 
 
 def model_device(num_cpus: float) -> tuple[torch.device, torch.dtype]:
@@ -47,7 +51,8 @@ def actor_prior(prior_spec: str, resolution: int, num_cpus: float, classes: dict
 def class_conditioning(ctx: Context) -> dict:
     """`actor_prior`'s `classes` for this run."""
     cfg = ctx.config.prior
-    return {"class_names": ctx.class_names, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt}
+    return {"class_names": ctx.class_names, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt,
+            "prior_labels": ctx.prior_labels}
 
 
 def fixed_size_list(rows: np.ndarray) -> pa.FixedSizeListArray:
@@ -61,7 +66,8 @@ def flat(x: torch.Tensor) -> pa.FixedSizeListArray:
 
 
 class Encoder:
-    """Ray Data actor: loads the prior once, then maps decoded image batches to flattened latents.
+    """Ray Data actor: loads the prior once, then maps batches of images decoded at its resolution to flattened
+    latents.
 
     `inversion` ({"t_end", "steps", "guidance"} of `invert_latents`) also writes each latent's DDIM inversion.
     """
@@ -71,11 +77,10 @@ class Encoder:
         self.prior = actor_prior(prior_spec, resolution, num_cpus, classes)
         self.device = self.prior.device
         self.run = run
-        self.resolution = resolution
         self.inversion = inversion
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        images = to_tensor(batch["image"], self.resolution).to(self.device)
+        images = to_tensor(batch["image"]).to(self.device)
         labels = batch["label"].astype(np.int32)
         columns = {"id": pa.array(batch["id"].astype(str)), "label": pa.array(labels)}
         with torch.inference_mode():
@@ -108,7 +113,8 @@ def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
     ledger = SkipLedger.remote()
-    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), cfg.data.image_size, "encode", ctx.rundir.name,
+    # The prior sees each original at its own resolution, whatever size the students train at.
+    images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), ctx.resolution, "encode", ctx.rundir.name,
                             ledger=ledger, block_rows=BATCHES_PER_CALL * cfg.encode.batch_size)
     gpus = gpus_per_actor(cfg.encode.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.encode.actors)
@@ -129,6 +135,9 @@ def run(ctx: Context) -> StageOutput:
     counts = written_class_counts(ctx, "latents")
     written = sum(counts.values())
     skipped = ray.get(ledger.summary.remote())
+    if skipped["upsampled_images"]:
+        log.warning("encode: %d images were smaller than the prior's %d px and were upsampled (e.g. %s)",
+                    skipped["upsampled_images"], ctx.resolution, ", ".join(skipped["upsampled_examples"][:3]))
     missing = sum(ctx.class_counts.values()) - written - skipped["skipped_images"]
     if missing:
         raise RuntimeError(f"encode wrote {written} latents and skipped {skipped['skipped_images']} images of "

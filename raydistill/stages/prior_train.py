@@ -49,7 +49,7 @@ def read_latent_run(latents: str) -> dict:
         "prior": config["prior"]["spec"],
         "resolution": config["prior"]["resolution"],
         "latent_shape": tuple(json.loads(marker.read_text())["latent_shape"]),
-        "class_names": json.loads((run / "class_names.json").read_text()),
+        "class_names": [record["name"] for record in json.loads((run / "class_names.json").read_text())],
     }
 
 

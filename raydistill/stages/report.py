@@ -40,7 +40,12 @@ def markdown(report: dict) -> str:
         f"{report['train_images']} training images"
         + (f" ({report['skipped_images']} skipped: "
            + ", ".join(f"{n} {reason}" for reason, n in report["skipped_by_reason"].items()) + ")"
-           if report["skipped_images"] else ""),
+           if report["skipped_images"] else "")
+        + (f"; {report['upsampled_images']} smaller than the prior's {report['prior_resolution']} px were upsampled"
+           if report["upsampled_images"] else ""),
+        "",
+        "classes: " + ", ".join(c["display_name"] for c in report["classes"][:GRID_CLASSES])
+        + (", ..." if len(report["classes"]) > GRID_CLASSES else ""),
         "",
     ]
     students = list(report["students"])
@@ -77,7 +82,8 @@ def markdown(report: dict) -> str:
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
     rundir = ctx.rundir
-    results = rundir.read_json("evaluation", "results.json")["results"]
+    evaluation = rundir.read_json("evaluation", "results.json")
+    results = evaluation["results"]
     quantize = rundir.marker("prototypes")
     stages = {}
     for stage, folder in (("encode", "latents"), ("quantize", "prototypes"), ("synthesize", "distilled"),
@@ -96,6 +102,10 @@ def run(ctx: Context) -> StageOutput:
         "train_images": encode["rows"],
         "skipped_images": encode["skipped_images"],
         "skipped_by_reason": encode["skipped_by_reason"],
+        "prior_resolution": ctx.resolution,
+        "upsampled_images": encode["upsampled_images"],
+        "classes": rundir.read_json("class_names.json"),
+        "eval_crop_ratio": evaluation["crop_ratio"],
         "students": results["method"],
         "quantization": {**quantize["method"], "per_class": rundir.read_json("prototypes", "_class_stats.json")},
         "stages": stages,

@@ -43,7 +43,9 @@ def train_worker(config: dict) -> None:
     torch.manual_seed(config["settings"].seed)
     model = create_student(config["student"], config["num_classes"], data.images.shape[1])
     model = ray.train.torch.prepare_model(model)
-    teacher = load_teacher(config["teacher"], config["num_classes"]).to(device) if config["teacher"] else None
+    teacher = None
+    if config["teacher"]:
+        teacher = load_teacher(config["teacher"], config["num_classes"], config["imagenet_classes"]).to(device)
     trainer = StudentTrainer(model, data, config["settings"], teacher=teacher, device=device, rank=rank, world=world)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -96,7 +98,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         train_loop_config={
             "run_uri": ctx.rundir.uri, "files": files,
             "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
-            "settings": settings, "weight_transform": weight_transform or cfg.train.weight_transform,
+            "imagenet_classes": ctx.imagenet_classes, "settings": settings, "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
         },
         scaling_config=ScalingConfig(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from raydistill.data.classes import IMAGENET_CLASSES
 from raydistill.errors import UserError
 from raydistill.registry import Registry
 
@@ -197,7 +198,20 @@ def list_students() -> list[str]:
     return STUDENTS.names()
 
 
-def load_teacher(spec: str, num_classes: int) -> nn.Module:
+class ClassSubset(nn.Module):
+    """A teacher's logits restricted to some of its classes, in the data's label order (an ImageNet-1K teacher
+    for ImageNette keeps 10 of its 1,000 logits), so a subset gets soft labels with no teacher training."""
+
+    def __init__(self, model: nn.Module, classes: Sequence[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("classes", torch.tensor(list(classes), dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.classes]
+
+
+def load_teacher(spec: str, num_classes: int, imagenet_classes: Sequence[int] | None = None) -> nn.Module:
     """Loads a pretrained teacher, frozen and in eval mode, taking RGB in [0, 1].
 
     Args:
@@ -205,7 +219,10 @@ def load_teacher(spec: str, num_classes: int) -> nn.Module:
             ``"TIMM_NAME:FILE"`` (a timm architecture with a local ``.safetensors`` or ``.pth``/``.pt`` state dict,
             normalised with ImageNet statistics), or ``"TIMM_NAME"`` alone (timm's pretrained weights from the hub,
             normalised with the statistics of their pretrained config). Split at the first colon.
-        num_classes: Number of classes the teacher must predict; must match the weights.
+        num_classes: Number of classes the teacher must predict; must match the weights, unless
+            ``imagenet_classes`` lets an ImageNet-1K teacher serve a subset of its classes.
+        imagenet_classes: each class's ImageNet-1K index, where every class of the data is an ImageNet class: a
+            timm teacher with 1,000 outputs then predicts these of its logits, in this order.
 
     Returns:
         The teacher, with ``requires_grad`` off for every parameter.
@@ -226,31 +243,49 @@ def load_teacher(spec: str, num_classes: int) -> nn.Module:
         model = STUDENTS.get(name)(num_classes, 32)
         _load_strict(model, _read_state_dict(Path(file).expanduser()), file, f"{name} with {num_classes} classes")
     else:
-        model = _timm_teacher(name, file, num_classes)
+        model = _timm_teacher(name, file, num_classes, imagenet_classes)
     return model.eval().requires_grad_(False)
 
 
-def _timm_teacher(name: str, file: str, num_classes: int) -> nn.Module:
+def _timm_teacher(name: str, file: str, num_classes: int, imagenet_classes: Sequence[int] | None) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
         raise UserError(f"unknown teacher {name!r}: pass {' or '.join(f'{n}:FILE' for n in _FILE_TEACHERS)}, "
                         f"or a timm model name (see timm.list_models()), optionally as NAME:FILE with local weights")
     if file:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        _load_strict(model, _read_state_dict(Path(file).expanduser()), file, f"timm {name} with {num_classes} classes")
-        return Normalized(model)
-    try:
-        model = timm.create_model(name, pretrained=True)
-    except Exception as e:  # hub, network and cache failures come as many types; the fix is the same for all
-        raise UserError(f"could not load pretrained weights for teacher {name!r} ({e}): pass {name}:FILE with a "
-                        f"local weights file (.safetensors, .pth or .pt)") from e
-    # Asking timm for another num_classes would silently put a random head on the pretrained body.
-    if model.num_classes != num_classes:
-        raise UserError(f"pretrained teacher {name!r} predicts {model.num_classes} classes but the dataset has "
-                        f"{num_classes}: pass {name}:FILE with weights trained on this dataset")
-    cfg = model.pretrained_cfg or {}
-    return Normalized(model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+        state = _read_state_dict(Path(file).expanduser())
+        outputs = _classifier_outputs(name, state) or num_classes
+        model = timm.create_model(name, pretrained=False, num_classes=outputs)
+        _load_strict(model, state, file, f"timm {name} with {outputs} classes")
+        model = Normalized(model)
+    else:
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as e:  # hub, network and cache failures come as many types; the fix is the same for all
+            raise UserError(f"could not load pretrained weights for teacher {name!r} ({e}): pass {name}:FILE with a "
+                            f"local weights file (.safetensors, .pth or .pt)") from e
+        outputs = model.num_classes
+        cfg = model.pretrained_cfg or {}
+        model = Normalized(model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+    if outputs == num_classes:
+        return model
+    if imagenet_classes is not None and outputs == IMAGENET_CLASSES:
+        return ClassSubset(model, imagenet_classes)
+    # Asking timm for another num_classes would silently put a random head on the trained body.
+    subset = "" if imagenet_classes is None else " (an ImageNet-1K teacher with 1000 outputs serves this subset)"
+    raise UserError(f"teacher {name!r} predicts {outputs} classes but the dataset has {num_classes}{subset}: pass "
+                    f"{name}:FILE with weights trained on this dataset's classes")
+
+
+def _classifier_outputs(name: str, state: dict[str, torch.Tensor]) -> int | None:
+    """Classes a timm architecture's state dict predicts, read off its classifier's weight (timm names the
+    classifier in each model's pretrained config)."""
+    import timm
+
+    classifier = getattr(timm.models.get_pretrained_cfg(name), "classifier", None)
+    weight = state.get(f"{classifier}.weight") if isinstance(classifier, str) else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
 def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
