@@ -248,3 +248,17 @@ def test_job_configs_load(path):
 
     config = load_config(path)
     assert config.quantize.ipc > 0 and config.out
+
+
+@pytest.mark.parametrize("path", sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml"),
+                         ids=lambda p: p.name)
+def test_every_job_config_loads_and_validates(path):
+    from raydistill.config import load_config
+    from raydistill.pipeline import validate
+
+    config = load_config(path)
+    validate(config)
+    if path.name.startswith(("imagenet-", "imagenette-", "imagewoof-")):
+        # RDED, D3HR and DDOQ take soft labels from torchvision's ResNet-18, not timm's default (BCE-trained) tag.
+        assert config.train.teacher == "resnet18.tv_in1k"
+        assert config.prior.spec.startswith("dit:") and config.data.image_size == 224
