@@ -66,7 +66,7 @@ class PriorConfig:
             "dit:DIR_OR_HUB_ID", "sd:DIR_OR_HUB_ID", "dit-tiny", "sd-tiny".
         resolution: pixel size the encoder takes; None uses the prior's own default.
         prompt: text-conditioned priors (sd) see each class as this prompt, `{name}` being the class name.
-        negative_prompt: their unconditional prompt for classifier-free guidance.
+        negative_prompt: their unconditional prompt for classifier-free guidance; None: D4M's.
         class_map: the label a label-conditioned prior (dit) gives each dataset class, by class name; None maps the
             classes by name to the prior's own (ImageNet-1K wnids or names for a released DiT, the training classes
             of a prior trained by `raydistill prior train`).
@@ -75,7 +75,7 @@ class PriorConfig:
     spec: str = "pixel"
     resolution: int | None = None
     prompt: str = "{name}"
-    negative_prompt: str = ""
+    negative_prompt: str | None = None
     class_map: dict[str, int] | None = None
 
 
@@ -110,9 +110,12 @@ class QuantizeConfig:
         method: quantizer name (ddoq, kmeans, d3hr, dsco, random).
         ipc: prototypes (images) per class.
         space: what is quantized: "latent" (the VAE latents) or "noise" (their DDIM inversion, as in D3HR and
-            DDOQ-DiT); None means "noise" for d3hr and "latent" for the others.
-        iterations: k-means iterations.
-        restarts: k-means runs per class; the one with the lowest distortion is kept.
+            DDOQ-DiT); None: the method's own (`resolve`).
+        iterations: k-means iterations (lloyd).
+        restarts: k-means runs per class; the one with the lowest distortion is kept (lloyd).
+        algorithm: how ddoq and kmeans find the centroids: "lloyd" (full passes from k-means++ seeds) or
+            "minibatch" (D4M's one partial_fit pass of MiniBatchKMeans, the clustering DDOQ reports its weights on).
+        minibatch_factor: minibatch's chunk is this many times `ipc` points.
         candidates: d3hr's number of candidate groups per class (the paper's m).
         score_weights: d3hr's weights of the mean, std and skew terms of a group's score.
         allow_fewer: a class with fewer usable images than `ipc` gets one prototype per image instead of failing
@@ -127,6 +130,8 @@ class QuantizeConfig:
     space: str | None = None
     iterations: int = 50
     restarts: int = 1
+    algorithm: str = "lloyd"
+    minibatch_factor: int = 10
     candidates: int = 1_000_000
     score_weights: tuple[float, ...] = (1.0, 1.0, 0.5)
     allow_fewer: bool = False
@@ -143,8 +148,8 @@ class SynthesizeConfig:
             coreset); "decoder" runs the prior's decoder on the prototype itself; "ddim" samples the prototype back
             to t = 0 with the prior's denoiser and then decodes it (from noise prototypes directly, from latent
             prototypes after noising them to `strength`, i.e. img2img); "dsco" runs DsCo's optimised sampling chain
-            from the `dsco` quantizer's starting noises, one class at a time. None means "dsco" for the dsco method,
-            "ddim" for noise prototypes and "nearest" for latent ones.
+            from the `dsco` quantizer's starting noises, one class at a time. None: the method's and prior's own
+            (`resolve`).
         steps: steps of the DDIM sampling grid over the whole schedule.
         guidance: classifier-free guidance scale of the sampling; None uses the prior's default.
         strength: img2img noise level of latent prototypes, as a fraction of the schedule (D4M: 0.7).
@@ -180,7 +185,13 @@ class TrainConfig:
         mix: batch mixing: "cutmix" (the RDED/D3HR protocol), "mixup" or "none"; a mixed sample's weight and
             hard-label loss combine the two images' by the same lambda.
         mix_alpha: lambda ~ Beta(mix_alpha, mix_alpha).
-        weight_transform: how prototype weights are tempered for training: "none", "uniform", "power:a", "mix:b".
+        weight_transform: how prototype weights are tempered for training: "none", "uniform", "power:a", "mix:b";
+            None: tempered for ddoq (DDOQ_WEIGHT_TRANSFORM), as they are for the others.
+        lr: AdamW's peak learning rate; `student_lr` overrides it per student architecture.
+        student_lr: the peak learning rate of each student named here (RDED: mobilenetv2_100 2.5e-3,
+            efficientnet_b0 2e-3, Swin 1e-4).
+        lr_schedule: "cosine" (to zero) or "half_cosine" (RDED and D3HR: to half the peak).
+        weight_decay: AdamW's, on weights only: norm layers and biases are not decayed.
         workers: Ray Train workers per student.
         checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
     """
@@ -190,12 +201,14 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int = 64
     lr: float = 1e-3
+    student_lr: dict[str, float] | None = None
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.01
     temperature: float = 20.0
     min_crop_scale: float = 0.08
     mix: str = "cutmix"
     mix_alpha: float = 1.0
-    weight_transform: str = "none"
+    weight_transform: str | None = None
     workers: int = resource(1)
     use_gpu: bool | None = resource(None)
     checkpoint_every: int = resource(1)
@@ -208,8 +221,8 @@ class EvaluateConfig:
     Attributes:
         baseline: also train and evaluate a random real subset of the same size with the same protocol.
         crop_ratio: validation images are resized so their short side is `data.image_size / crop_ratio`, then
-            centre-cropped to `data.image_size` (ImageNet's Resize(256) + CenterCrop(224) is 0.875); None means 0.875
-            for students larger than 64 px and 1 (the whole image, as CIFAR and Tiny-ImageNet are evaluated) else.
+            centre-cropped to `data.image_size` (ImageNet's Resize(256) + CenterCrop(224) is 0.875); None: by the
+            students' size (`resolve`).
         gpus_per_actor: None means 1 when the cluster has GPUs when the stage starts, else 0; set it on a cluster
             whose GPU workers autoscale from zero (as `encode`, `synthesize` and `train.use_gpu`).
     """
@@ -272,32 +285,60 @@ class RunConfig:
     ray: RayConfig = RayConfig()
 
 
-def quantize_space(config: RunConfig) -> str:
-    """"latent" or "noise": what the quantizer clusters or samples."""
-    if config.quantize.space is not None:
-        return config.quantize.space
-    return "noise" if config.quantize.method == "d3hr" else "latent"
+# The kinds of prior `resolve` tells apart: no denoiser, a denoiser conditioned on labels, or on prompts.
+PRIOR_KINDS = ("autoencoder", "labels", "prompts")
+# D4M's unconditional branch for Stable Diffusion's img2img (its released code's negative prompt).
+D4M_NEGATIVE_PROMPT = "cartoon, anime, painting"
+# DDOQ tempers its Voronoi masses before training (its Appendix H); power 0.5 was the best tempering measured on
+# CIFAR-10 (benchmarks/RESULTS.md, issue 5: 3 seeds at IPC 10 and 50).
+DDOQ_WEIGHT_TRANSFORM = "power:0.5"
 
 
-def inverts(config: RunConfig) -> bool:
-    """Whether the encode stage DDIM-inverts the latents."""
-    return quantize_space(config) == "noise" if config.encode.invert is None else config.encode.invert
+def resolve(config: RunConfig, prior_kind: str, default_guidance: float | None = None) -> RunConfig:
+    """The config with every setting left None filled in from the others, once, for the stages to read as is.
 
+    - quantize.space: "noise" for d3hr (it samples inverted noise), "latent" for the others.
+    - encode.invert: whether the quantizer works on noise.
+    - synthesize.decode: "dsco" for dsco; "ddim" for noise prototypes and, with a diffusion prior, for latent ones
+      (img2img, as DDOQ and D4M decode their centroids); "nearest" for latent prototypes of an autoencoder.
+    - encode.guidance, synthesize.guidance: the prior's own (4 for DiT, 8 for Stable Diffusion).
+    - prior.negative_prompt: D4M's for a prompt-conditioned prior, "" otherwise.
+    - train.weight_transform: DDOQ_WEIGHT_TRANSFORM for ddoq, "none" (the weights as they are) for the others.
+    - evaluate.crop_ratio: ImageNet's 0.875 for students over SMALL_IMAGE_SIZE px, else 1 (the whole image).
 
-def decode_method(config: RunConfig) -> str:
-    """How the method's prototypes become images (the random baseline always takes its real images)."""
-    if config.synthesize.decode is not None:
-        return config.synthesize.decode
-    if config.quantize.method == "dsco":
-        return "dsco"
-    return "ddim" if quantize_space(config) == "noise" else "nearest"
-
-
-def eval_crop_ratio(config: RunConfig) -> float:
-    """The share of the validation image's short side that the evaluated centre crop keeps."""
-    if config.evaluate.crop_ratio is not None:
-        return config.evaluate.crop_ratio
-    return IMAGENET_CROP_RATIO if config.data.image_size > SMALL_IMAGE_SIZE else 1.0
+    Args:
+        config: the config as the user gave it.
+        prior_kind: one of PRIOR_KINDS.
+        default_guidance: the prior's guidance scale, where it has a denoiser.
+    """
+    q, encode, synth = config.quantize, config.encode, config.synthesize
+    space = q.space or ("noise" if q.method == "d3hr" else "latent")
+    if synth.decode is not None:
+        decode = synth.decode
+    elif q.method == "dsco":
+        decode = "dsco"
+    else:
+        decode = "ddim" if space == "noise" or prior_kind != "autoencoder" else "nearest"
+    negative = config.prior.negative_prompt
+    if negative is None:
+        negative = D4M_NEGATIVE_PROMPT if prior_kind == "prompts" else ""
+    transform = config.train.weight_transform
+    if transform is None:
+        transform = DDOQ_WEIGHT_TRANSFORM if q.method == "ddoq" else "none"
+    crop = config.evaluate.crop_ratio
+    if crop is None:
+        crop = IMAGENET_CROP_RATIO if config.data.image_size > SMALL_IMAGE_SIZE else 1.0
+    return dataclasses.replace(
+        config,
+        prior=dataclasses.replace(config.prior, negative_prompt=negative),
+        quantize=dataclasses.replace(q, space=space),
+        encode=dataclasses.replace(encode, invert=space == "noise" if encode.invert is None else encode.invert,
+                                   guidance=default_guidance if encode.guidance is None else encode.guidance),
+        synthesize=dataclasses.replace(synth, decode=decode,
+                                       guidance=default_guidance if synth.guidance is None else synth.guidance),
+        train=dataclasses.replace(config.train, weight_transform=transform),
+        evaluate=dataclasses.replace(config.evaluate, crop_ratio=crop),
+    )
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -12,21 +12,23 @@ from dataclasses import dataclass
 from typing import Callable
 
 from raydistill.config import (
-    RunConfig, decode_method, eval_crop_ratio, fingerprint, inverts, quantize_space, to_dict, with_absolute_paths,
+    RunConfig, fingerprint, resolve, to_dict, with_absolute_paths,
 )
 from raydistill.data import ImageSource, open_source
 from raydistill.data.classes import display_name, imagenet_indices, prior_labels
 from raydistill.data.selection import class_counts, select_per_class
 from raydistill.errors import UserError
-from raydistill.priors import Prior, load_prior
+from raydistill.priors import Prior, load_prior, prior_traits
 from raydistill.priors.diffusion import DiffusionPrior, TextDiffusionPrior, require_denoiser
 from raydistill.quantize import QUANTIZERS
+from raydistill.quantize.kmeans import ALGORITHMS
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.quantize import check_class_sizes
 from raydistill.stages.synthesize import DECODERS, img2img_timestep
-from raydistill.synthesize.ddim import resolve_guidance, timestep_grid
+from raydistill.synthesize.ddim import timestep_grid
 from raydistill.train.augment import MIXES
+from raydistill.train.loop import LR_SCHEDULES
 from raydistill.train.losses import parse_weight_transform
 from raydistill.train.models import create_student, load_teacher
 
@@ -55,19 +57,22 @@ STAGES = (
     # Encoding reads the originals at the prior's resolution: the students' size first matters when images are made.
     Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.max_per_class, c.data.subset_seed,
                                           c.prior,
-                                          (c.encode.t_end, c.encode.steps, c.encode.guidance) if inverts(c) else ())),
+                                          (c.encode.t_end, c.encode.steps, c.encode.guidance) if c.encode.invert else ())),
     Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
     Stage("synthesize", "distilled", lambda c: (c.synthesize, c.data.image_size), per_variant=True),
     Stage("train", "students", lambda c: (c.train,), per_variant=True),
     Stage("dope", "doped", lambda c: (c.dope,)),
-    Stage("evaluate", "evaluation", lambda c: (c.data.val, eval_crop_ratio(c))),
+    Stage("evaluate", "evaluation", lambda c: (c.data.val, c.evaluate.crop_ratio)),
     Stage("report", "report", lambda c: ()),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
 def stage_fingerprints(config: RunConfig) -> dict[str, str]:
-    """Each stage's fingerprint chains the one before it, so a changed upstream redoes everything after it."""
+    """Each stage's fingerprint chains the one before it, so a changed upstream redoes everything after it.
+
+    `config` is resolved (`resolve`): a default written out and the same value left to its default are one run.
+    """
     fingerprints, upstream = {}, ""
     for stage in STAGES:
         upstream = fingerprint(upstream, *stage.sections(config))
@@ -75,11 +80,20 @@ def stage_fingerprints(config: RunConfig) -> dict[str, str]:
     return fingerprints
 
 
-def validate(config: RunConfig) -> None:
-    """Checks names and values that need no data, so a bad config fails before anything is read."""
+def validate(config: RunConfig) -> RunConfig:
+    """Checks names and values that need no data, so a bad config fails before anything is read.
+
+    Returns:
+        The config resolved (`config.resolve`) for the prior its spec names.
+    """
     if config.quantize.ipc <= 0:
         raise UserError(f"--ipc must be a positive number of images per class, got {config.quantize.ipc}")
     QUANTIZERS.get(config.quantize.method)
+    if config.quantize.algorithm not in ALGORITHMS:
+        raise UserError(f"quantize.algorithm {config.quantize.algorithm!r} is not valid; use {' or '.join(ALGORITHMS)}")
+    if config.quantize.minibatch_factor < 1:
+        raise UserError(f"quantize.minibatch_factor must be at least 1, got {config.quantize.minibatch_factor}")
+    config = resolve(config, *prior_traits(config.prior.spec))
     validate_diffusion(config)
     if config.data.image_size < 8:
         raise UserError(f"data.image_size must be at least 8 pixels, got {config.data.image_size}")
@@ -94,11 +108,21 @@ def validate(config: RunConfig) -> None:
         if value <= 0:
             raise UserError(f"train.{name} must be positive, got {value}")
     parse_weight_transform(config.train.weight_transform)
+    if config.train.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"train.lr_schedule {config.train.lr_schedule!r} is not valid; use one of "
+                        f"{', '.join(LR_SCHEDULES)}")
+    unknown = sorted(set(config.train.student_lr or {}) - set(config.train.students))
+    if unknown:
+        raise UserError(f"train.student_lr names students this run does not train: {unknown}; the students are "
+                        f"{', '.join(config.train.students)}")
     if config.train.mix not in MIXES:
         raise UserError(f"train.mix {config.train.mix!r} is not valid; use one of {', '.join(MIXES)}")
     if config.train.mix_alpha <= 0:
         raise UserError(f"train.mix_alpha must be positive, got {config.train.mix_alpha}")
     validate_dope(config)
+    if not 0 < config.evaluate.crop_ratio <= 1:
+        raise UserError(f"evaluate.crop_ratio must be in (0, 1] (ImageNet's is 0.875), got {config.evaluate.crop_ratio}")
+    return config
 
 
 def validate_dope(config: RunConfig) -> None:
@@ -118,7 +142,8 @@ def validate_dope(config: RunConfig) -> None:
 
 
 def validate_diffusion(config: RunConfig) -> None:
-    """The quantization space, the decoder, the prompt and d3hr's settings, before any data or model is loaded."""
+    """The quantization space, the decoder, the prompt and d3hr's settings of a resolved config, before any data
+    is read."""
     try:
         config.prior.prompt.format(name="class")
     except (KeyError, IndexError, ValueError) as e:
@@ -127,11 +152,11 @@ def validate_diffusion(config: RunConfig) -> None:
     q = config.quantize
     if q.space not in (None, "latent", "noise"):
         raise UserError(f"quantize.space {q.space!r} is not valid; use latent or noise")
-    decode = decode_method(config)
+    decode = config.synthesize.decode
     if decode not in DECODERS:
         raise UserError(f"synthesize.decode {decode!r} is not valid; use {' or '.join(DECODERS)}")
-    if quantize_space(config) == "noise":
-        if not inverts(config):
+    if q.space == "noise":
+        if not config.encode.invert:
             raise UserError("quantize.space noise needs the inverted latents: drop encode.invert=false")
         if decode == "decoder":
             raise UserError("noise prototypes cannot go straight through the VAE decoder: use --decode ddim "
@@ -139,7 +164,7 @@ def validate_diffusion(config: RunConfig) -> None:
     if (q.method == "dsco") != (decode == "dsco"):
         raise UserError("DsCo's sampling starts from the dsco method's noises and nothing else: use --method dsco "
                         "with --decode dsco (its default), or another method with another decoder")
-    if decode == "dsco" and quantize_space(config) != "latent":
+    if decode == "dsco" and q.space != "latent":
         raise UserError("dsco matches the class's latents, not their inversion: drop quantize.space=noise")
     synth = config.synthesize
     if synth.noise_iterations < 0 or synth.noise_lr < 0 or not 0 <= synth.noise_momentum < 1 or synth.norm_weight < 0:
@@ -170,10 +195,11 @@ def check_prior_for(config: RunConfig, prior: Prior, class_names: list[str]) -> 
         raise UserError(f"prior.class_map gives the labels of a label-conditioned prior (dit), but {prior.name!r} "
                         f"{'takes class names as prompts' if isinstance(prior, DiffusionPrior) else 'has no labels'}: "
                         f"drop prior.class_map")
-    inverting, sampling = inverts(config), decode_method(config) in ("ddim", "dsco")
+    decode = config.synthesize.decode
+    inverting, sampling = config.encode.invert, decode in ("ddim", "dsco")
     if not (inverting or sampling):
         return None
-    purpose = "DDIM inversion (quantize.space noise)" if inverting else f"--decode {decode_method(config)}"
+    purpose = "DDIM inversion (quantize.space noise)" if inverting else f"--decode {decode}"
     diffusion = require_denoiser(prior, purpose)
     labels = None
     if conditioned:
@@ -183,16 +209,16 @@ def check_prior_for(config: RunConfig, prior: Prior, class_names: list[str]) -> 
     if inverting:
         checks.append(("encode", config.encode.t_end, config.encode.steps, config.encode.guidance))
     if sampling:
-        if decode_method(config) == "dsco":
+        if decode == "dsco":
             t_start = diffusion.train_timesteps - 1
-        elif quantize_space(config) == "noise":
+        elif config.quantize.space == "noise":
             t_start = config.encode.t_end
         else:
             t_start = img2img_timestep(config.synthesize.strength, diffusion.train_timesteps)
         checks.append(("synthesize", t_start, config.synthesize.steps, config.synthesize.guidance))
     for section, level, steps, guidance in checks:
         timestep_grid(diffusion.train_timesteps, steps, level)
-        if resolve_guidance(diffusion, guidance) != 1.0 and not diffusion.supports_guidance:
+        if guidance != 1.0 and not diffusion.supports_guidance:
             raise UserError(f"prior {prior.name!r} has no null class for classifier-free guidance: "
                             f"pass --set {section}.guidance=1")
     return labels
@@ -218,9 +244,9 @@ def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | 
 
 
 def prepare(config: RunConfig) -> Context:
-    """Validates the config, opens the data, counts each class and loads the prior once: all before Ray."""
-    validate(config)
-    config = with_absolute_paths(config)
+    """Validates and resolves the config, opens the data, counts each class and loads the prior once: all before
+    Ray."""
+    config = with_absolute_paths(validate(config))
     train_source = open_source(config.data.train, "train", config.data.format)
     val_source = open_validation(config, train_source.class_names)
     if config.data.max_per_class is None:

@@ -49,3 +49,32 @@ def test_resource_fields_do_not_change_fingerprints():
     assert changed["encode"] == base["encode"]
     assert all(changed[s] != base[s] for s in ("quantize", "synthesize", "train", "evaluate", "report"))
     assert fingerprint(1, "a") == fingerprint(1, "a") != fingerprint(2, "a")
+
+
+@pytest.mark.parametrize("method, prior, expected", [
+    # (quantize.space, encode.invert, synthesize.decode, guidance, negative prompt, train.weight_transform)
+    ("ddoq", "tiny", ("latent", False, "nearest", None, "", "power:0.5")),
+    ("kmeans", "pixel", ("latent", False, "nearest", None, "", "none")),
+    ("ddoq", "dit-tiny", ("latent", False, "ddim", 4.0, "", "power:0.5")),
+    ("kmeans", "sd-tiny", ("latent", False, "ddim", 8.0, "cartoon, anime, painting", "none")),
+    ("d3hr", "dit-tiny", ("noise", True, "ddim", 4.0, "", "none")),
+    ("dsco", "dit-tiny", ("latent", False, "dsco", 4.0, "", "none")),
+])
+def test_resolve_fills_each_default_once_from_the_method_and_prior(method, prior, expected):
+    from raydistill.pipeline import validate
+
+    config = validate(load_config(overrides=[{"quantize": {"method": method}, "prior": {"spec": prior}}]))
+    assert (config.quantize.space, config.encode.invert, config.synthesize.decode, config.synthesize.guidance,
+            config.prior.negative_prompt, config.train.weight_transform) == expected
+    assert config.encode.guidance == config.synthesize.guidance
+    assert validate(config) == config  # resolving a resolved config changes nothing
+
+
+def test_a_default_written_out_is_the_same_run_as_the_default():
+    from raydistill.pipeline import stage_fingerprints, validate
+
+    implicit = validate(load_config(overrides=[{"quantize": {"method": "d3hr"}, "prior": {"spec": "dit-tiny"}}]))
+    explicit = validate(load_config(overrides=[{"quantize": {"method": "d3hr", "space": "noise"},
+                                                "prior": {"spec": "dit-tiny"},
+                                                "synthesize": {"decode": "ddim", "guidance": 4.0}}]))
+    assert stage_fingerprints(implicit) == stage_fingerprints(explicit)

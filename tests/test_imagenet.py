@@ -13,13 +13,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from conftest import invoke
-from raydistill.config import RunConfig, load_config
-from raydistill.config import eval_crop_ratio
+from raydistill.config import load_config
 from raydistill.data.classes import display_name, imagenet_indices, prior_labels
 from raydistill.data.transforms import decode_image
 from raydistill.errors import UserError
 from raydistill.imaging import to_tensor
-from raydistill.pipeline import prepare
+from raydistill.pipeline import prepare, validate
 from raydistill.priors import load_prior
 from raydistill.stages.encode import actor_prior, class_conditioning
 
@@ -184,9 +183,15 @@ def test_validation_uses_imagenets_centre_crop_for_imagenet_sized_students():
     image = photo(3, 500, 375)
     expected = TF.center_crop(TF.resize(image, 256, interpolation=InterpolationMode.BICUBIC), 224)
     np.testing.assert_array_equal(decode_image(png(image), 224, crop_ratio=0.875), np.asarray(expected))
-    assert eval_crop_ratio(load_config(overrides=[{"data": {"image_size": 224}}])) == 0.875
-    assert eval_crop_ratio(RunConfig()) == 1.0  # 32 px: CIFAR is evaluated on the whole image
-    assert eval_crop_ratio(load_config(overrides=[{"data": {"image_size": 224}, "evaluate": {"crop_ratio": 1}}])) == 1
+    def crop(**data):
+        return validate(load_config(overrides=[{"data": data}] if data else [])).evaluate.crop_ratio
+
+    assert crop(image_size=224) == 0.875
+    assert crop() == 1.0  # 32 px: CIFAR is evaluated on the whole image
+    assert validate(load_config(overrides=[{"data": {"image_size": 224},
+                                            "evaluate": {"crop_ratio": 1}}])).evaluate.crop_ratio == 1
+    with pytest.raises(UserError, match="evaluate.crop_ratio must be in"):
+        validate(load_config(overrides=[{"evaluate": {"crop_ratio": 1.2}}]))
 
 
 def test_prior_labels_of_a_prior_trained_here_follow_its_class_names():

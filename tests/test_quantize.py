@@ -88,3 +88,21 @@ def test_ipc_equal_to_class_size_keeps_every_point():
 def test_unknown_quantizer_lists_valid_ones():
     with pytest.raises(UserError, match="unknown quantizer 'kmedoids'.*ddoq, dsco, kmeans, random"):
         QUANTIZERS.get("kmedoids")
+
+
+def test_minibatch_is_d4ms_one_partial_fit_pass():
+    """kmeans with algorithm=minibatch gives D4M's centres: MiniBatchKMeans.partial_fit over chunks of 10 x K."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(230, 16)) + np.repeat(rng.normal(scale=4, size=(5, 16)), 46, axis=0)).astype(np.float32)
+    result = QUANTIZERS.get("kmeans")(x, 5, seed=7, algorithm="minibatch")
+    d4m = MiniBatchKMeans(n_clusters=5, random_state=7, batch_size=50, n_init="auto")
+    order = np.random.default_rng(7).permutation(230)
+    for start in range(0, 230, 50):
+        d4m.partial_fit(x[order[start:start + 50]])
+    np.testing.assert_allclose(result.points, d4m.cluster_centers_, rtol=1e-6)
+    np.testing.assert_allclose(result.weights, 0.2)
+    ddoq = QUANTIZERS.get("ddoq")(x, 5, seed=7, algorithm="minibatch")
+    np.testing.assert_array_equal(ddoq.points, result.points)
+    np.testing.assert_allclose(ddoq.weights, ddoq.counts / 230)

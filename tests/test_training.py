@@ -101,3 +101,35 @@ def test_student_trainer_learns_and_resumes_exactly():
     assert resumed.train_epoch()["loss"] == pytest.approx(trainer.train_epoch()["loss"], rel=1e-6)
     cutmix = tiny_trainer()
     assert np.isfinite([cutmix.train_epoch()["loss"] for _ in range(2)]).all()
+
+
+def test_no_weight_decay_on_norm_layers_and_biases():
+    from raydistill.train.loop import decay_groups
+    from raydistill.train.models import create_student
+
+    model = create_student("resnet18", 10, 32)
+    decayed, exempt = decay_groups(model, 0.01)
+    named = dict(model.named_parameters())
+    exempt_names = {name for name, p in named.items() if any(p is q for q in exempt["params"])}
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.01, 0.0)
+    assert "model.bn1.weight" in exempt_names and "model.fc.bias" in exempt_names
+    assert "model.fc.weight" not in exempt_names and "model.conv1.weight" not in exempt_names
+    assert len(decayed["params"]) + len(exempt["params"]) == len(named)
+
+
+@pytest.mark.parametrize("schedule, middle, end", [("cosine", 0.5, 0.0), ("half_cosine", 0.5 * (1 + 2**-0.5), 0.5)])
+def test_lr_schedules_per_step(schedule, middle, end):
+    from dataclasses import replace
+
+    trainer = tiny_trainer(epochs=2, mix="none")
+    trainer = type(trainer)(trainer.model, trainer.data, replace(trainer.settings, lr_schedule=schedule))
+    total = 2 * trainer.steps_per_epoch
+    lrs = []
+    for _ in range(total):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[total // 2] == pytest.approx(1e-3 * middle)
+    assert lrs[-1] == pytest.approx(1e-3 * end, abs=1e-12)

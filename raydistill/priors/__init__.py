@@ -3,6 +3,6 @@ string ("NAME" or "NAME:ARG")."""
 
 from raydistill.priors import autoencoders as _autoencoders  # noqa: F401  (fills PRIORS)
 from raydistill.priors import diffusion as _diffusion  # noqa: F401  (fills PRIORS)
-from raydistill.priors.base import PRIORS, Prior, list_priors, load_prior
+from raydistill.priors.base import PRIORS, Prior, list_priors, load_prior, prior_traits
 
-__all__ = ["PRIORS", "Prior", "list_priors", "load_prior"]
+__all__ = ["PRIORS", "Prior", "list_priors", "load_prior", "prior_traits"]

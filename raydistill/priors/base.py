@@ -98,6 +98,27 @@ class Prior(nn.Module):
         raise NotImplementedError
 
 
+def denoises(kind: str, guidance: float) -> Callable[[PriorFactory], PriorFactory]:
+    """Marks a prior factory whose prior has a denoiser conditioned on "labels" or "prompts", with its default
+    classifier-free guidance scale, so a config is resolved from the spec alone, before any weights load."""
+
+    def mark(factory: PriorFactory) -> PriorFactory:
+        factory.denoiser_kind, factory.default_guidance = kind, guidance
+        return factory
+
+    return mark
+
+
+def prior_traits(spec: str) -> tuple[str, float | None]:
+    """(kind, default guidance) of the prior a spec names: ("autoencoder", None) without a denoiser.
+
+    Raises:
+        UserError: If the name is unknown.
+    """
+    factory = PRIORS.get(spec.partition(":")[0])
+    return getattr(factory, "denoiser_kind", "autoencoder"), getattr(factory, "default_guidance", None)
+
+
 def load_prior(spec: str, resolution: int | None = None) -> Prior:
     """Builds a prior from a spec string, in float32 on the CPU.
 

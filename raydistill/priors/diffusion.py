@@ -21,7 +21,7 @@ from raydistill.errors import UserError
 from raydistill.priors.autoencoders import (
     TINY_RESOLUTION, DiffusersVAEPrior, load_vae, tiny_autoencoder, vae_downsample,
 )
-from raydistill.priors.base import PRIORS, Prior, load_prior
+from raydistill.priors.base import PRIORS, Prior, denoises, load_prior
 
 # A prior trained by `raydistill prior train` names its autoencoder here instead of holding a vae/ folder.
 AUTOENCODER_FILE = "autoencoder.json"
@@ -285,6 +285,7 @@ def _load_schedule(source: str, hint: str) -> tuple[np.ndarray, str]:
 
 
 @PRIORS.register("dit")
+@denoises("labels", DIT_GUIDANCE)
 def dit(arg: str | None, resolution: int | None) -> Prior:
     """Class-conditional latent DiT (or any diffusers class-conditional denoiser) with its VAE and scheduler."""
     if not arg:
@@ -322,6 +323,7 @@ def trained_class_names(directory: Path) -> list[str] | None:
 
 
 @PRIORS.register("sd")
+@denoises("prompts", SD_GUIDANCE)
 def sd(arg: str | None, resolution: int | None) -> Prior:
     """Stable Diffusion 1.x layout (vae/, unet/, text_encoder/, tokenizer/, scheduler/), class names as prompts."""
     from transformers import AutoTokenizer, CLIPTextModel
@@ -376,6 +378,7 @@ def linear_schedule(train_timesteps: int = DIT_SCHEDULE["num_train_timesteps"]) 
 
 
 @PRIORS.register("dit-tiny")
+@denoises("labels", DIT_GUIDANCE)
 def dit_tiny(arg: str | None, resolution: int | None) -> Prior:
     """The tiny VAE with a small random DiT over 1000 classes and DiT's linear schedule, for tests."""
     if arg is not None:
@@ -429,6 +432,7 @@ def scaled_linear_schedule(train_timesteps: int = 1000) -> np.ndarray:
 
 
 @PRIORS.register("sd-tiny")
+@denoises("prompts", SD_GUIDANCE)
 def sd_tiny(arg: str | None, resolution: int | None) -> Prior:
     """The tiny VAE with a small random text-conditioned UNet, CLIP text encoder and SD's schedule, for tests."""
     if arg is not None:

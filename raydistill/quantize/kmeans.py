@@ -3,13 +3,17 @@
 DDOQ (Dataset Distillation as Pushforward Optimal Quantization), Sec. 3: the optimal K-quantizer of the class's
 empirical measure mu_N is the k-means codebook {c_k}, and the optimal weights on it are the Voronoi masses
 w_k = mu_N(V_k) (Proposition 1). D4M uses the same centroids and discards the masses.
+
+Two algorithms find the codebook: "lloyd" (full Lloyd passes from k-means++ seeds: the lowest distortion) and
+"minibatch" (D4M's released clustering, which DDOQ's weights were measured on: one pass of scikit-learn's
+MiniBatchKMeans.partial_fit over the class in shuffled chunks of `minibatch_factor` x K points).
 """
 
 from __future__ import annotations
 
 import faiss
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
+from sklearn.cluster import MiniBatchKMeans, kmeans_plusplus
 
 from raydistill.quantize.base import QUANTIZERS, Quantization
 from raydistill.quantize.metrics import nearest, voronoi_counts
@@ -38,8 +42,27 @@ def _kmeans(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int) ->
     return best
 
 
-def _quantize(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, weighted: bool) -> Quantization:
-    points = _kmeans(x, k, seed, iterations, restarts)
+def _minibatch_kmeans(x: np.ndarray, k: int, seed: int, minibatch_factor: int) -> np.ndarray:
+    """1'. D4M's codebook: MiniBatchKMeans.partial_fit once over the class, in seeded random order, chunk by chunk
+    (its first chunk seeds the centroids by k-means++)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    order = np.random.default_rng(seed).permutation(len(x))
+    chunk = max(k, minibatch_factor * k)
+    kmeans = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=chunk, n_init="auto")
+    for start in range(0, len(x), chunk):
+        kmeans.partial_fit(x[order[start:start + chunk]])
+    return kmeans.cluster_centers_.astype(np.float32)
+
+
+ALGORITHMS = ("lloyd", "minibatch")
+
+
+def _quantize(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, weighted: bool, algorithm: str,
+              minibatch_factor: int) -> Quantization:
+    if algorithm == "minibatch":
+        points = _minibatch_kmeans(x, k, seed, minibatch_factor)
+    else:
+        points = _kmeans(x, k, seed, iterations, restarts)
     # 2. Voronoi masses w_k = |V_k| / N of the final codebook.
     counts = voronoi_counts(x, points)
     weights = counts / counts.sum() if weighted else np.full(k, 1.0 / k)
@@ -49,12 +72,14 @@ def _quantize(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, 
 
 
 @QUANTIZERS.register("ddoq")
-def ddoq(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1) -> Quantization:
+def ddoq(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1, algorithm: str = "lloyd",
+         minibatch_factor: int = 10) -> Quantization:
     """k-means centroids with their Voronoi masses as weights (DDOQ)."""
-    return _quantize(x, k, seed, iterations, restarts, weighted=True)
+    return _quantize(x, k, seed, iterations, restarts, True, algorithm, minibatch_factor)
 
 
 @QUANTIZERS.register("kmeans")
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1) -> Quantization:
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1, algorithm: str = "lloyd",
+           minibatch_factor: int = 10) -> Quantization:
     """The same centroids with uniform weights (D4M)."""
-    return _quantize(x, k, seed, iterations, restarts, weighted=False)
+    return _quantize(x, k, seed, iterations, restarts, False, algorithm, minibatch_factor)

@@ -16,7 +16,6 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from raydistill.config import decode_method
 from raydistill.data import decode_dataset
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
@@ -85,7 +84,7 @@ def score_real_images(ctx: Context, student_folder: str) -> pa.Table:
 
 def real_ids_in_set(ctx: Context) -> set[str]:
     """The real images the method's set already holds (its `nearest` decoder takes real images as they are)."""
-    if decode_method(ctx.config) != "nearest":
+    if ctx.config.synthesize.decode != "nearest":
         return set()
     return set(read_prototypes(ctx, "prototypes", ["nearest_id"]).column("nearest_id").to_pylist())
 

@@ -16,7 +16,6 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from raydistill.config import inverts
 from raydistill.data import decode_dataset
 from raydistill.data.transforms import SkipLedger
 from raydistill.imaging import to_tensor
@@ -97,7 +96,7 @@ class Encoder:
 def inversion_settings(ctx: Context) -> dict | None:
     """The Encoder's `inversion` argument for this run, or None when it does not invert."""
     cfg = ctx.config.encode
-    return {"t_end": cfg.t_end, "steps": cfg.steps, "guidance": cfg.guidance} if inverts(ctx.config) else None
+    return {"t_end": cfg.t_end, "steps": cfg.steps, "guidance": cfg.guidance} if cfg.invert else None
 
 
 def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:

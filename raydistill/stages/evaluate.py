@@ -11,7 +11,6 @@ import pyarrow as pa
 import torch
 from ray.data import ActorPoolStrategy
 
-from raydistill.config import eval_crop_ratio
 from raydistill.data import decode_dataset
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
@@ -57,7 +56,7 @@ def run(ctx: Context) -> StageOutput:
     gpus = gpus_per_actor(cfg.evaluate.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
     images = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.rundir.name,
-                            block_rows=BATCHES_PER_CALL * cfg.evaluate.batch_size, crop_ratio=eval_crop_ratio(cfg))
+                            block_rows=BATCHES_PER_CALL * cfg.evaluate.batch_size, crop_ratio=cfg.evaluate.crop_ratio)
     counts = images.map_batches(
         Evaluator,
         fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "folders": folders, "num_cpus": cpus},
@@ -75,6 +74,6 @@ def run(ctx: Context) -> StageOutput:
             "top5": round(100.0 * counts[f"top5_{i}"] / images, 2),
         }
     ctx.rundir.reset("evaluation")
-    ctx.rundir.write_json({"images": images, "crop_ratio": eval_crop_ratio(cfg), "results": results}, "evaluation",
+    ctx.rundir.write_json({"images": images, "crop_ratio": cfg.evaluate.crop_ratio, "results": results}, "evaluation",
                           "results.json")
     return StageOutput(rows=images, extra={"results": results})

@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from raydistill.config import quantize_space
 from raydistill.errors import UserError
 from raydistill.metrics import count
 from raydistill.quantize import QUANTIZERS, wasserstein2
@@ -147,7 +146,7 @@ def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int], fing
     refs = [
         _quantize_classes.options(num_gpus=cfg.quantize.gpus_per_task).remote(
             ctx.rundir.uri, folder, group, method=variant.method, ipc=cfg.quantize.ipc, seed=cfg.seed,
-            space=quantize_space(cfg), options=dataclasses.asdict(cfg.quantize),
+            space=cfg.quantize.space, options=dataclasses.asdict(cfg.quantize),
         )
         for group in groups
     ]

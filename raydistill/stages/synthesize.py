@@ -22,7 +22,6 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from raydistill.config import decode_method, quantize_space
 from raydistill.data import decode_dataset
 from raydistill.errors import UserError
 from raydistill.imaging import png_bytes, to_uint8
@@ -124,7 +123,7 @@ def dsco_settings(ctx: Context) -> dict:
 def sampling_settings(ctx: Context) -> dict:
     """The Decoder's `sampling` argument: start where encode inverted to, or img2img from latent prototypes."""
     cfg = ctx.config
-    from_latents = quantize_space(cfg) == "latent"
+    from_latents = cfg.quantize.space == "latent"
     t_start = img2img_timestep(cfg.synthesize.strength, ctx.train_timesteps) if from_latents else cfg.encode.t_end
     return {"t_start": t_start, "steps": cfg.synthesize.steps, "guidance": cfg.synthesize.guidance, "seed": cfg.seed,
             "from_latents": from_latents}
@@ -157,7 +156,7 @@ def read_prototypes(ctx: Context, folder: str, columns: list[str]) -> pa.Table:
 def run_variant(ctx: Context, variant: DistilledVariant) -> int:
     cfg = ctx.config
     source_folder = variant.folder("prototypes")
-    decode = "nearest" if variant.method == "random" else decode_method(cfg)
+    decode = "nearest" if variant.method == "random" else cfg.synthesize.decode
     if decode in ("decoder", "ddim", "dsco"):
         gpus = gpus_per_actor(cfg.synthesize.gpus_per_actor)
         cpus = 1.0 if gpus else cpus_per_actor(cfg.synthesize.actors)

@@ -86,7 +86,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
     cpus_per_worker = 1 if use_gpu else max(1, int(cluster_cpus()) // workers)
     settings = TrainSettings(
-        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+        lr=(cfg.train.student_lr or {}).get(student, cfg.train.lr), lr_schedule=cfg.train.lr_schedule,
         weight_decay=cfg.train.weight_decay, temperature=cfg.train.temperature,
         min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed, mix=cfg.train.mix, mix_alpha=cfg.train.mix_alpha,
     )

@@ -47,6 +47,25 @@ class TrainSettings:
     seed: int
     mix: str = "cutmix"
     mix_alpha: float = 1.0
+    lr_schedule: str = "cosine"
+
+
+# How the learning rate falls over training, as a factor of the peak at progress p in [0, 1]: a cosine to zero, or
+# RDED's and D3HR's half cosine, 0.5 (1 + cos(pi p / 2)), which ends at half the peak.
+LR_SCHEDULES = {
+    "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+    "half_cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p / 2)),
+}
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on weight matrices and kernels only, none on norm layers' scales and
+    shifts or on biases (1-d parameters), as RDED and timm's recipes train."""
+    decayed, exempt = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decayed if parameter.ndim > 1 else exempt).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
 def batches_for_epoch(n: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[np.ndarray]:
@@ -64,7 +83,8 @@ def batches_for_epoch(n: int, batch_size: int, epoch: int, seed: int, rank: int,
 
 
 class StudentTrainer:
-    """AdamW + cosine schedule on the per-sample weighted loss, optionally against an online teacher."""
+    """AdamW (no decay on norms and biases) with a per-step schedule (`LR_SCHEDULES`) on the per-sample weighted
+    loss, optionally against an online teacher."""
 
     def __init__(self, model: torch.nn.Module, data: DistilledSet, settings: TrainSettings,
                  teacher: torch.nn.Module | None = None, device: torch.device = torch.device("cpu"),
@@ -74,10 +94,9 @@ class StudentTrainer:
         epoch_batches = batches_for_epoch(len(data.labels), settings.batch_size, 0, 0, 0, 1)
         self.steps_per_epoch = len(epoch_batches)
         self.images_per_epoch = sum(map(len, epoch_batches))  # over all workers, padded to whole batches
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=settings.epochs * self.steps_per_epoch
-        )
+        self.optimizer = torch.optim.AdamW(decay_groups(model, settings.weight_decay), lr=settings.lr)
+        total_steps, factor = settings.epochs * self.steps_per_epoch, LR_SCHEDULES[settings.lr_schedule]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: factor(step / total_steps))
         # The distilled set is small: it lives on the device, and augmentation runs there.
         self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device)
         self.epoch = 0
