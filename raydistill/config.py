@@ -155,7 +155,7 @@ class SynthesizeConfig:
         strength: img2img noise level of latent prototypes, as a fraction of the schedule (D4M: 0.7).
         noise_iterations, noise_lr, noise_momentum: DsCo's SGD on the injected noise at each step (paper: 200,
             0.1, 0.9).
-        norm_weight: weight of DsCo's norm term next to its sort term.
+        sort_weight: weight of DsCo's sort term, per sample, next to its norm term (its release: 5e-4).
         eta: stochasticity of DsCo's sampling chain (1: DDPM-like; its injected noise is what is optimised).
     """
 
@@ -166,7 +166,7 @@ class SynthesizeConfig:
     noise_iterations: int = 200
     noise_lr: float = 0.1
     noise_momentum: float = 0.9
-    norm_weight: float = 1.0
+    sort_weight: float = 5e-4
     eta: float = 1.0
     batch_size: int = resource(32)
     actors: int = resource(1)
@@ -245,14 +245,14 @@ class DopeConfig:
         share: the share of a class's training weight its added images take (uniform among them); None: each added
             image weighs as much as an average image of its class.
         label: the label y in the clarity p(y) - max_{c != y} p(c): "true" (the dataset's) or "teacher" (the
-            prediction of train.teacher).
+            prediction of train.teacher); None: the teacher's where there is one, as DsCo's release scores.
         student: the trained student that scores the images (default: the first of train.students).
     """
 
     count: int = 0
     per_class: bool = False
     share: float | None = None
-    label: str = "true"
+    label: str | None = None
     student: str | None = None
     batch_size: int = resource(256)
     actors: int = resource(1)
@@ -305,6 +305,7 @@ def resolve(config: RunConfig, prior_kind: str, default_guidance: float | None =
     - prior.negative_prompt: D4M's for a prompt-conditioned prior, "" otherwise.
     - train.weight_transform: DDOQ_WEIGHT_TRANSFORM for ddoq, "none" (the weights as they are) for the others.
     - evaluate.crop_ratio: ImageNet's 0.875 for students over SMALL_IMAGE_SIZE px, else 1 (the whole image).
+    - dope.label: "teacher" where train.teacher is set, else "true".
 
     Args:
         config: the config as the user gave it.
@@ -338,6 +339,7 @@ def resolve(config: RunConfig, prior_kind: str, default_guidance: float | None =
                                        guidance=default_guidance if synth.guidance is None else synth.guidance),
         train=dataclasses.replace(config.train, weight_transform=transform),
         evaluate=dataclasses.replace(config.evaluate, crop_ratio=crop),
+        dope=dataclasses.replace(config.dope, label=config.dope.label or ("teacher" if config.train.teacher else "true")),
     )
 
 

@@ -167,8 +167,8 @@ def validate_diffusion(config: RunConfig) -> None:
     if decode == "dsco" and q.space != "latent":
         raise UserError("dsco matches the class's latents, not their inversion: drop quantize.space=noise")
     synth = config.synthesize
-    if synth.noise_iterations < 0 or synth.noise_lr < 0 or not 0 <= synth.noise_momentum < 1 or synth.norm_weight < 0:
-        raise UserError("synthesize.noise_iterations, noise_lr and norm_weight must not be negative and "
+    if synth.noise_iterations < 0 or synth.noise_lr < 0 or not 0 <= synth.noise_momentum < 1 or synth.sort_weight < 0:
+        raise UserError("synthesize.noise_iterations, noise_lr and sort_weight must not be negative and "
                         "synthesize.noise_momentum must be in [0, 1)")
     if not 0 < synth.eta <= 1:
         raise UserError(f"synthesize.eta must be in (0, 1] (0 would inject no noise to optimise), got {synth.eta}")

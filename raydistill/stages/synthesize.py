@@ -117,7 +117,7 @@ def dsco_settings(ctx: Context) -> dict:
     """DscoDecoder's `dsco` argument: `dsco_sample`'s settings from the config."""
     cfg = ctx.config.synthesize
     return {"steps": cfg.steps, "guidance": cfg.guidance, "seed": ctx.config.seed, "iterations": cfg.noise_iterations,
-            "lr": cfg.noise_lr, "momentum": cfg.noise_momentum, "norm_weight": cfg.norm_weight, "eta": cfg.eta}
+            "lr": cfg.noise_lr, "momentum": cfg.noise_momentum, "sort_weight": cfg.sort_weight, "eta": cfg.eta}
 
 
 def sampling_settings(ctx: Context) -> dict:
