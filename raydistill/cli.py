@@ -14,6 +14,7 @@ from raydistill.errors import UserError
 
 # Flag name -> config key; flags left unset do not override the config file.
 FLAG_KEYS = {
+    "recipe": "recipe",
     "data": "data.train",
     "val_data": "data.val",
     "prior": "prior.spec",
@@ -35,6 +36,8 @@ def run_options(command):
     """The flags every pipeline command takes."""
     options = [
         click.option("--config", "config_file", type=click.Path(), help="YAML run config."),
+        click.option("--recipe", help="A paper's setting as the base of the config (raydistill/recipes/: "
+                                      "d3hr-imagenet, ddoq-dit-imagenet, ...)."),
         click.option("--data", help='Training images: "digits", or a path/URI of parquet, webdataset or ImageFolder.'),
         click.option("--val-data", help="Validation images (default: the val/test split beside --data)."),
         click.option("--prior", help='Prior: "pixel", "tiny", "taef2:DIR", "vae:DIR_OR_HUB_ID", "dit:DIR_OR_HUB_ID", '

@@ -192,6 +192,8 @@ class TrainConfig:
             efficientnet_b0 2e-3, Swin 1e-4).
         lr_schedule: "cosine" (to zero) or "half_cosine" (RDED and D3HR: to half the peak).
         weight_decay: AdamW's, on weights only: norm layers and biases are not decayed.
+        repeats: students trained per set and architecture, seeded seed, seed + 1, ...; the report gives their mean
+            and std (DDOQ averages 5).
         workers: Ray Train workers per student.
         checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
     """
@@ -209,6 +211,7 @@ class TrainConfig:
     mix: str = "cutmix"
     mix_alpha: float = 1.0
     weight_transform: str | None = None
+    repeats: int = 1
     workers: int = resource(1)
     use_gpu: bool | None = resource(None)
     checkpoint_every: int = resource(1)
@@ -270,8 +273,14 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run: the output directory, the seed and one section per stage."""
+    """A whole run: the output directory, the seed and one section per stage.
 
+    Attributes:
+        recipe: a paper's setting (`list_recipes()`): its keys are the base that the config file and overrides
+            change.
+    """
+
+    recipe: str | None = None
     out: str = "runs/default"
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -421,26 +430,45 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def list_recipes() -> list[str]:
+    """The papers' settings that `recipe` (and `--recipe`) name."""
+    return sorted(path.stem for path in RECIPES.glob("*.yaml"))
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{what} {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what} {str(path)!r} must hold a mapping of sections (data:, quantize:, ...)")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[dict[str, Any]] = ()) -> RunConfig:
-    """Builds a RunConfig from an optional YAML file and nested override dicts, applied in order.
+    """Builds a RunConfig from an optional YAML file and nested override dicts, applied in order, on top of the
+    recipe either of them names.
 
     Raises:
-        UserError: the file is missing or not a mapping, a key does not exist, or a value has the wrong type.
+        UserError: the file is missing or not a mapping, the recipe is unknown, a key does not exist, or a value
+            has the wrong type.
     """
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file {str(path)!r} does not exist; pass --config with a YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {str(path)!r} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise UserError(f"config file {str(path)!r} must hold a mapping of sections (data:, quantize:, ...)")
-        values = loaded
+        values = _read_yaml(path, "config file")
     for override in overrides:
         values = _merge(values, override)
+    recipe = values.get("recipe")
+    if recipe is not None:
+        if recipe not in list_recipes():
+            raise UserError(f"unknown recipe {recipe!r}; the recipes are {', '.join(list_recipes())}")
+        values = _merge(_read_yaml(RECIPES / f"{recipe}.yaml", "recipe"), values)
     return _build(RunConfig, values, "")
 
 

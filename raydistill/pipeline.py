@@ -104,6 +104,7 @@ def validate(config: RunConfig) -> RunConfig:
     for student in config.train.students:
         create_student(student, num_classes=2, image_size=config.data.image_size)
     for name, value in (("epochs", config.train.epochs), ("batch_size", config.train.batch_size),
+                        ("repeats", config.train.repeats),
                         ("workers", config.train.workers), ("checkpoint_every", config.train.checkpoint_every)):
         if value <= 0:
             raise UserError(f"train.{name} must be positive, got {value}")

@@ -78,3 +78,15 @@ def test_a_default_written_out_is_the_same_run_as_the_default():
                                                 "prior": {"spec": "dit-tiny"},
                                                 "synthesize": {"decode": "ddim", "guidance": 4.0}}]))
     assert stage_fingerprints(implicit) == stage_fingerprints(explicit)
+
+
+def test_a_recipe_is_the_base_that_files_and_overrides_change(tmp_path):
+    config = load_config(overrides=[{"recipe": "d3hr-imagenet"}, {"train": {"batch_size": 100}}])
+    assert (config.quantize.method, config.quantize.candidates, config.train.lr_schedule) == ("d3hr", 10**6,
+                                                                                             "half_cosine")
+    assert config.train.batch_size == 100  # the override wins over the recipe's 50
+    (tmp_path / "job.yaml").write_text("recipe: ddoq-dit-imagenette\nencode:\n  actors: 4\n")
+    job = load_config(tmp_path / "job.yaml", [{"quantize": {"ipc": 50}}])
+    assert (job.quantize.algorithm, job.train.repeats, job.encode.actors, job.quantize.ipc) == ("minibatch", 5, 4, 50)
+    with pytest.raises(UserError, match=r"unknown recipe 'd3hr'; the recipes are d3hr-imagenet, d4m-imagenet"):
+        load_config(overrides=[{"recipe": "d3hr"}])

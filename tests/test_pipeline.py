@@ -95,11 +95,13 @@ def test_verify_catches_a_damaged_file_and_a_rerun_repairs_it(digits_run):
 
 
 def test_changed_training_redoes_train_and_later_and_doping_adds_the_least_clear_real_images(digits_run, tmp_path):
-    """One rerun with fewer epochs and --dope (two reruns would each retrain the students and the baseline)."""
+    """One rerun with fewer epochs, two students per set and --dope (two reruns would each retrain the students and
+    the baseline)."""
     out = tmp_path / "doped-run"
     shutil.copytree(digits_run[0], out)
     markers = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}
-    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--set", "train.epochs=10", "--dope", "15")
+    invoke("run", "--ipc", "5", "--out", str(out), *FAST, "--set", "train.epochs=10", "--set", "train.repeats=2",
+           "--dope", "15")
     now = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/_SUCCESS.json")}
     for folder in ("latents", "prototypes", "distilled"):
         assert now[folder] == markers[folder]
@@ -126,6 +128,13 @@ def test_changed_training_redoes_train_and_later_and_doping_adds_the_least_clear
         assert weights[labels == label].sum() == pytest.approx(1.0)
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["doping"]["added_images"] == 15 and report["doped"]["convnet3"]["top1"] > 15  # chance is 10
+    for variant in ("students", "baseline", "doped"):
+        scores = report[variant]["convnet3"]
+        assert len(scores["top1_runs"]) == 2 and scores["top1"] == pytest.approx(np.mean(scores["top1_runs"]), abs=0.01)
+        assert scores["top1_std"] == pytest.approx(np.std(scores["top1_runs"], ddof=1), abs=0.01)
+    for prefix in ("", "baseline/", "doped/"):
+        assert (out / f"{prefix}students" / "convnet3-repeat1" / "model.safetensors").is_file()
+    assert "± " in (out / "report" / "report.md").read_text()
     assert "least clear real (doped)" in (out / "report" / "report.md").read_text()
 
 

@@ -24,7 +24,7 @@ from raydistill.stages.cluster import BATCHES_PER_CALL, cpus_per_actor, gpus_per
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.encode import model_device
 from raydistill.stages.synthesize import distilled_table, read_prototypes
-from raydistill.stages.train import load_student, train_student
+from raydistill.stages.train import load_student, student_folder, student_runs, train_student
 from raydistill.synthesize.doping import clarity, doped_weights, lowest_clarity
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import load_teacher
@@ -104,7 +104,7 @@ def dope(ctx: Context) -> dict:
     """Scores the real images, writes doped/distilled/ and returns what was added."""
     cfg = ctx.config
     student = cfg.dope.student or cfg.train.students[0]
-    scores = score_real_images(ctx, f"students/{student}")
+    scores = score_real_images(ctx, student_folder(student, 0))
     ids = scores.column("id").to_numpy(zero_copy_only=False).astype(str)
     labels = scores.column("label").to_numpy()
     values = scores.column("clarity").to_numpy()
@@ -141,6 +141,7 @@ def run(ctx: Context, fingerprint: str) -> StageOutput:
     if ctx.doped is None:
         return StageOutput(rows=0, extra={"added_images": 0})
     added = dope(ctx)
-    trained = {student: train_student(ctx, ctx.doped, student, fingerprint, weight_transform="none")
-               for student in ctx.config.train.students}
+    trained = {student_folder(student, repeat): train_student(ctx, ctx.doped, student, fingerprint, repeat,
+                                                              weight_transform="none")
+               for student, repeat in student_runs(ctx)}
     return StageOutput(rows=added["added_images"], extra={**added, "students": trained})

@@ -18,7 +18,7 @@ from raydistill.rundir import RunDir
 from raydistill.stages.cluster import BATCHES_PER_CALL, cpus_per_actor, gpus_per_actor
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.encode import model_device
-from raydistill.stages.train import load_student
+from raydistill.stages.train import load_student, student_folder, student_runs
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -49,10 +49,18 @@ class Evaluator:
         return pa.table(row)
 
 
+def summarise(scores: np.ndarray) -> dict:
+    """Top-1 and top-5 (%) of one architecture's repeats: their mean, sample std (0 for one) and each run's."""
+    spread = scores.std(0, ddof=1) if len(scores) > 1 else np.zeros(2)
+    return {"top1": round(float(scores[:, 0].mean()), 2), "top5": round(float(scores[:, 1].mean()), 2),
+            "top1_std": round(float(spread[0]), 2), "top5_std": round(float(spread[1]), 2),
+            "top1_runs": [round(float(v), 2) for v in scores[:, 0]]}
+
+
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
-    keys = [(variant, student) for variant in ctx.evaluated_variants for student in cfg.train.students]
-    folders = [variant.folder(f"students/{student}") for variant, student in keys]
+    keys = [(variant, student, repeat) for variant in ctx.evaluated_variants for student, repeat in student_runs(ctx)]
+    folders = [variant.folder(student_folder(student, repeat)) for variant, student, repeat in keys]
     gpus = gpus_per_actor(cfg.evaluate.gpus_per_actor)
     cpus = 1.0 if gpus else cpus_per_actor(cfg.evaluate.actors)
     images = decode_dataset(ctx.val_source.dataset(), cfg.data.image_size, "evaluate", ctx.rundir.name,
@@ -67,12 +75,13 @@ def run(ctx: Context) -> StageOutput:
         num_cpus=cpus,
     ).to_pandas().sum()
     images = int(counts["images"])
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for i, (variant, student, _) in enumerate(keys):
+        runs.setdefault((variant.prefix or "method", student), []).append(
+            (100.0 * counts[f"top1_{i}"] / images, 100.0 * counts[f"top5_{i}"] / images))
     results: dict[str, dict] = {}
-    for i, (variant, student) in enumerate(keys):
-        results.setdefault(variant.prefix or "method", {})[student] = {
-            "top1": round(100.0 * counts[f"top1_{i}"] / images, 2),
-            "top5": round(100.0 * counts[f"top5_{i}"] / images, 2),
-        }
+    for (variant, student), scores in runs.items():
+        results.setdefault(variant, {})[student] = summarise(np.array(scores))
     ctx.rundir.reset("evaluation")
     ctx.rundir.write_json({"images": images, "crop_ratio": cfg.evaluate.crop_ratio, "results": results}, "evaluation",
                           "results.json")

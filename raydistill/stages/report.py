@@ -32,6 +32,14 @@ def grid_png(ctx: Context) -> bytes:
     return buffer.getvalue()
 
 
+def score_cell(scores: dict) -> str:
+    """top-1 / top-5, each as mean ± std where several students were trained."""
+    if len(scores["top1_runs"]) == 1:
+        return f"{scores['top1']:.2f} / {scores['top5']:.2f}"
+    return (f"{scores['top1']:.2f} ± {scores['top1_std']:.2f} / {scores['top5']:.2f} ± {scores['top5_std']:.2f} "
+            f"({len(scores['top1_runs'])} runs)")
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# raydistill report: {report['method']} at IPC {report['ipc']}",
@@ -55,7 +63,7 @@ def markdown(report: dict) -> str:
     for label, results in (("distilled", report["students"]), ("random real (baseline)", report.get("baseline")),
                            (f"distilled + {doped} least clear real (doped)", report.get("doped"))):
         if results:
-            cells = [f"{results[s]['top1']:.2f} / {results[s]['top5']:.2f}" for s in students]
+            cells = [score_cell(results[s]) for s in students]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "gain_over_baseline" in report:
         gains = ", ".join(f"{s} {g:+.2f}" for s, g in report["gain_over_baseline"].items())

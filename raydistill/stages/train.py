@@ -77,10 +77,20 @@ def train_worker(config: dict) -> None:
         losses = []
 
 
-def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str,
+def student_runs(ctx: Context) -> list[tuple[str, int]]:
+    """(architecture, repeat) of every student trained on each set: `train.repeats` of each architecture."""
+    return [(student, repeat) for student in ctx.config.train.students for repeat in range(ctx.config.train.repeats)]
+
+
+def student_folder(student: str, repeat: int) -> str:
+    """students/<name>/ of the first repeat (the one doping scores with), students/<name>-repeat<r>/ of the others."""
+    return f"students/{student}" if repeat == 0 else f"students/{student}-repeat{repeat}"
+
+
+def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str, repeat: int = 0,
                   weight_transform: str | None = None) -> dict:
-    """Trains one student on a variant's distilled/ and writes its students/<name>/; `weight_transform` replaces
-    train.weight_transform (the dope stage's weights are final)."""
+    """Trains one student on a variant's distilled/ and writes its `student_folder`, seeded by the run's seed plus
+    `repeat`; `weight_transform` replaces train.weight_transform (the dope stage's weights are final)."""
     cfg = ctx.config
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
@@ -89,9 +99,11 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
         lr=(cfg.train.student_lr or {}).get(student, cfg.train.lr), lr_schedule=cfg.train.lr_schedule,
         weight_decay=cfg.train.weight_decay, temperature=cfg.train.temperature,
-        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed, mix=cfg.train.mix, mix_alpha=cfg.train.mix_alpha,
+        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed + repeat, mix=cfg.train.mix,
+        mix_alpha=cfg.train.mix_alpha,
     )
-    run_name = f"{variant.prefix or 'method'}-{student}"
+    out = variant.folder(student_folder(student, repeat))
+    run_name = f"{variant.prefix or 'method'}-{out.rsplit('/', 1)[-1]}"
     files = ctx.rundir.files(variant.folder("distilled"), suffix=".parquet")
     distilled_rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows for f in files)
     trainer = TorchTrainer(
@@ -117,10 +129,9 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
-    out = variant.folder(f"students/{student}")
     ctx.rundir.write_bytes(save({k: v.contiguous() for k, v in state["model"].items()}), out, "model.safetensors")
     metrics = {
-        "student": student, "epochs": state["epoch"], "final_loss": result.metrics["loss"],
+        "student": student, "repeat": repeat, "epochs": state["epoch"], "final_loss": result.metrics["loss"],
         "resumed_from_epoch": result.metrics["start_epoch"],
         "seconds": round(time.perf_counter() - start, 2), "images": distilled_rows,
         "num_classes": len(ctx.class_names), "image_size": cfg.data.image_size,
@@ -141,6 +152,7 @@ def run(ctx: Context, fingerprint: str) -> StageOutput:
     trained = {}
     for variant in ctx.variants:
         ctx.rundir.reset(variant.folder("students"))
-        for student in ctx.config.train.students:
-            trained[f"{variant.prefix or 'method'}/{student}"] = train_student(ctx, variant, student, fingerprint)
+        for student, repeat in student_runs(ctx):
+            trained[variant.folder(student_folder(student, repeat))] = train_student(ctx, variant, student,
+                                                                                     fingerprint, repeat)
     return StageOutput(rows=len(trained), extra={"students": trained})
