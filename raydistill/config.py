@@ -116,6 +116,9 @@ class QuantizeConfig:
         algorithm: how ddoq and kmeans find the centroids: "lloyd" (full passes from k-means++ seeds) or
             "minibatch" (D4M's one partial_fit pass of MiniBatchKMeans, the clustering DDOQ reports its weights on).
         minibatch_factor: minibatch's chunk is this many times `ipc` points.
+        prototype_norm: "centroid" keeps each ddoq/kmeans centroid as it is; "class_mean" scales it to the mean norm
+            of the class's points, for noise-space centroids, which are far shorter than any real noise (the
+            weights and nearest images stay those of the centroids).
         candidates: d3hr's number of candidate groups per class (the paper's m).
         score_weights: d3hr's weights of the mean, std and skew terms of a group's score.
         allow_fewer: a class with fewer usable images than `ipc` gets one prototype per image instead of failing
@@ -132,6 +135,7 @@ class QuantizeConfig:
     restarts: int = 1
     algorithm: str = "lloyd"
     minibatch_factor: int = 10
+    prototype_norm: str = "centroid"
     candidates: int = 1_000_000
     score_weights: tuple[float, ...] = (1.0, 1.0, 0.5)
     allow_fewer: bool = False

@@ -21,7 +21,7 @@ from raydistill.errors import UserError
 from raydistill.priors import Prior, load_prior, prior_traits
 from raydistill.priors.diffusion import DiffusionPrior, TextDiffusionPrior, require_denoiser
 from raydistill.quantize import QUANTIZERS
-from raydistill.quantize.kmeans import ALGORITHMS
+from raydistill.quantize.kmeans import ALGORITHMS, PROTOTYPE_NORMS
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.quantize import check_class_sizes
@@ -91,6 +91,9 @@ def validate(config: RunConfig) -> RunConfig:
     QUANTIZERS.get(config.quantize.method)
     if config.quantize.algorithm not in ALGORITHMS:
         raise UserError(f"quantize.algorithm {config.quantize.algorithm!r} is not valid; use {' or '.join(ALGORITHMS)}")
+    if config.quantize.prototype_norm not in PROTOTYPE_NORMS:
+        raise UserError(f"quantize.prototype_norm {config.quantize.prototype_norm!r} is not valid; use "
+                        f"{' or '.join(PROTOTYPE_NORMS)}")
     if config.quantize.minibatch_factor < 1:
         raise UserError(f"quantize.minibatch_factor must be at least 1, got {config.quantize.minibatch_factor}")
     config = resolve(config, *prior_traits(config.prior.spec))

@@ -106,3 +106,17 @@ def test_minibatch_is_d4ms_one_partial_fit_pass():
     ddoq = QUANTIZERS.get("ddoq")(x, 5, seed=7, algorithm="minibatch")
     np.testing.assert_array_equal(ddoq.points, result.points)
     np.testing.assert_allclose(ddoq.weights, ddoq.counts / 230)
+
+
+def test_class_mean_norm_rescales_noise_centroids_and_keeps_their_cells():
+    """Centroids of Gaussian noise are far shorter than the noise; class_mean gives them its mean norm."""
+    x = np.random.default_rng(0).normal(size=(400, 256)).astype(np.float32)
+    plain = QUANTIZERS.get("ddoq")(x, 4, seed=0)
+    scaled = QUANTIZERS.get("ddoq")(x, 4, seed=0, prototype_norm="class_mean")
+    mean_norm = np.linalg.norm(x, axis=1).mean()
+    assert np.linalg.norm(plain.points, axis=1).max() < 0.5 * mean_norm
+    np.testing.assert_allclose(np.linalg.norm(scaled.points, axis=1), mean_norm, rtol=1e-5)
+    cosine = (plain.points * scaled.points).sum(1) / np.linalg.norm(plain.points, axis=1) / mean_norm
+    np.testing.assert_allclose(cosine, 1, rtol=1e-5)
+    np.testing.assert_array_equal(scaled.weights, plain.weights)
+    np.testing.assert_array_equal(scaled.nearest, plain.nearest)

@@ -55,10 +55,20 @@ def _minibatch_kmeans(x: np.ndarray, k: int, seed: int, minibatch_factor: int) -
 
 
 ALGORITHMS = ("lloyd", "minibatch")
+# What a prototype's norm is set to: left as the centroid's, or the class's mean norm. Centroids of inverted noise are
+# averages, far shorter than any noise the sampler was trained to start from (in d dimensions an average of n
+# independent noises has about 1/sqrt(n) of their norm), and sample back to smooth "average" images.
+PROTOTYPE_NORMS = ("centroid", "class_mean")
+
+
+def rescale_to_class_norm(points: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each prototype scaled along its own direction to the mean norm of the class's points."""
+    norms = np.linalg.norm(points, axis=1, keepdims=True)
+    return (points * (np.linalg.norm(x, axis=1).mean() / np.maximum(norms, 1e-12))).astype(np.float32)
 
 
 def _quantize(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, weighted: bool, algorithm: str,
-              minibatch_factor: int) -> Quantization:
+              minibatch_factor: int, prototype_norm: str) -> Quantization:
     if algorithm == "minibatch":
         points = _minibatch_kmeans(x, k, seed, minibatch_factor)
     else:
@@ -68,18 +78,21 @@ def _quantize(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, 
     weights = counts / counts.sum() if weighted else np.full(k, 1.0 / k)
     # 3. The real point nearest to each centroid, for decoders that snap to real data.
     nearest_rows, _ = nearest(points, x)
+    # 4. Optionally the class's norm for each prototype (its cell, weight and nearest point stay the centroid's).
+    if prototype_norm == "class_mean":
+        points = rescale_to_class_norm(points, x)
     return Quantization(points=points, weights=weights.astype(np.float64), counts=counts, nearest=nearest_rows)
 
 
 @QUANTIZERS.register("ddoq")
 def ddoq(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1, algorithm: str = "lloyd",
-         minibatch_factor: int = 10) -> Quantization:
+         minibatch_factor: int = 10, prototype_norm: str = "centroid") -> Quantization:
     """k-means centroids with their Voronoi masses as weights (DDOQ)."""
-    return _quantize(x, k, seed, iterations, restarts, True, algorithm, minibatch_factor)
+    return _quantize(x, k, seed, iterations, restarts, True, algorithm, minibatch_factor, prototype_norm)
 
 
 @QUANTIZERS.register("kmeans")
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 1, algorithm: str = "lloyd",
-           minibatch_factor: int = 10) -> Quantization:
+           minibatch_factor: int = 10, prototype_norm: str = "centroid") -> Quantization:
     """The same centroids with uniform weights (D4M)."""
-    return _quantize(x, k, seed, iterations, restarts, False, algorithm, minibatch_factor)
+    return _quantize(x, k, seed, iterations, restarts, False, algorithm, minibatch_factor, prototype_norm)
