@@ -1,6 +1,7 @@
-"""Students on distilled CIFAR-10: ddoq vs kmeans (D4M) vs random, over seeds, IPCs and weight transforms.
+"""Students on distilled CIFAR-10: ddoq vs kmeans (D4M) vs random, over seeds, IPCs, weight transforms and
+k-means algorithms.
 
-python -m benchmarks.quality_cifar10 [--quick] [--epochs N] [--ipc 10 50] [--seeds 0 1 2]
+python -m benchmarks.quality_cifar10 [--quick] [--epochs N] [--ipc 10 50] [--seeds 0 1 2] [--algorithms lloyd minibatch]
 
 Every run shares one run directory, so the 5,000-image encode happens once and each (method, seed, transform, epochs)
 redoes quantize onwards. Finished runs are appended to results.jsonl there, so an interrupted benchmark resumes where it
@@ -8,7 +9,7 @@ stopped, and runs at different `--epochs` are kept side by side; each row record
 measured (delete the rows of older code to rerun them). Prints a table (mean and spread over seeds) and,
 last, one JSON line: `top1` (set -> IPC -> student -> mean top-1 over seeds) and `w2_reduction`, the mean per-class
 reduction of the Wasserstein-2 distance between a class's latents and its prototypes when DDOQ's Voronoi weights
-replace uniform ones (the DDOQ paper reports 16-20 %).
+replace uniform ones, per k-means algorithm (the DDOQ paper reports 16-20 %).
 """
 
 from __future__ import annotations
@@ -26,19 +27,24 @@ SHARED = ROOT.parent / "shared"
 STUDENTS = ("convnet3", "cifar-resnet20")
 
 
-def grid(ipcs: list[int], seeds: list[int], transforms: list[str]) -> list[dict]:
+def grid(ipcs: list[int], seeds: list[int], transforms: list[str], algorithms: list[str]) -> list[dict]:
+    """Per IPC and seed: the random subset, and for each k-means algorithm kmeans, ddoq with its raw masses and ddoq
+    with each tempering."""
     runs = []
     for ipc in ipcs:
         for seed in seeds:
-            for method in ("ddoq", "kmeans", "random"):
-                runs.append({"ipc": ipc, "seed": seed, "method": method, "transform": "none"})
-            for transform in transforms:
-                runs.append({"ipc": ipc, "seed": seed, "method": "ddoq", "transform": transform})
+            runs.append({"ipc": ipc, "seed": seed, "method": "random", "transform": "none", "algorithm": "lloyd"})
+            for algorithm in algorithms:
+                for method, transform in [("ddoq", "none"), ("kmeans", "none")] + [("ddoq", t) for t in transforms]:
+                    runs.append({"ipc": ipc, "seed": seed, "method": method, "transform": transform,
+                                 "algorithm": algorithm})
     return runs
 
 
 def key(run: dict, epochs: int) -> str:
-    return f"{run['method']}|{run['transform']}|ipc{run['ipc']}|seed{run['seed']}|{epochs}ep"
+    algorithm = run.get("algorithm", "lloyd")
+    return (f"{run['method']}|{run['transform']}|ipc{run['ipc']}|seed{run['seed']}|{epochs}ep"
+            + ("" if algorithm == "lloyd" else f"|{algorithm}"))
 
 
 def cifar_run(prior: str) -> list[str]:
@@ -64,7 +70,7 @@ def run_one(out: Path, run: dict, epochs: int) -> dict:
         *[arg for student in STUDENTS for arg in ("--student", student)],
         "--ipc", str(run["ipc"]), "--max-per-class", "500", "--method", run["method"], "--seed", str(run["seed"]),
         "--out", str(out), "--set", "evaluate.baseline=false", "--set", f"train.epochs={epochs}",
-        "--set", f"train.weight_transform={run['transform']}",
+        "--set", f"train.weight_transform={run['transform']}", "--set", f"quantize.algorithm={run['algorithm']}",
     ]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -76,7 +82,8 @@ def run_one(out: Path, run: dict, epochs: int) -> dict:
 
 
 def set_name(row: dict) -> str:
-    return row["method"] if row["transform"] == "none" else f"ddoq {row['transform']}"
+    name = row["method"] if row["transform"] == "none" else f"ddoq {row['transform']}"
+    return name if row.get("algorithm", "lloyd") == "lloyd" else f"{name} ({row['algorithm']})"
 
 
 def summarise(results: list[dict]) -> dict:
@@ -97,6 +104,7 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--transforms", nargs="*", default=["power:0.5", "mix:0.5"])
+    parser.add_argument("--algorithms", nargs="+", default=["lloyd"], help="quantize.algorithm values")
     parser.add_argument("--out", default=str(ROOT / "runs/bench-students"))
     args = parser.parse_args()
     if args.quick:
@@ -107,7 +115,7 @@ def main() -> None:
     log = out / "results.jsonl"
     done = {key(r, r["epochs"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
     results = []
-    for run in grid(args.ipc, args.seeds, args.transforms):
+    for run in grid(args.ipc, args.seeds, args.transforms, args.algorithms):
         run_key = key(run, args.epochs)
         result = done.get(run_key)
         if result is None:
@@ -122,10 +130,12 @@ def main() -> None:
         for ipc, students in ipcs.items():
             for student, stats in students.items():
                 print(f"{name:16s} {ipc:>4s} {student:16s} {stats['mean']:6.2f} ± {stats['std']:.2f} (n={stats['n']})")
-    w2 = statistics.mean(r["w2_reduction"] for r in results if r["method"] == "ddoq")
+    w2 = {algorithm: round(statistics.mean(r["w2_reduction"] for r in results
+                                           if r["method"] == "ddoq" and r.get("algorithm", "lloyd") == algorithm), 4)
+          for algorithm in args.algorithms}
     top1 = {name: {ipc: {student: stats["mean"] for student, stats in students.items()}
                    for ipc, students in ipcs.items()} for name, ipcs in summary.items()}
-    print(json.dumps({"top1": top1, "w2_reduction": round(w2, 4), "epochs": args.epochs, "detail": summary}))
+    print(json.dumps({"top1": top1, "w2_reduction": w2, "epochs": args.epochs, "detail": summary}))
 
 if __name__ == "__main__":
     main()
