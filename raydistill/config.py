@@ -352,7 +352,8 @@ def resolve(config: RunConfig, prior_kind: str, default_guidance: float | None =
                                        guidance=default_guidance if synth.guidance is None else synth.guidance),
         train=dataclasses.replace(config.train, weight_transform=transform),
         evaluate=dataclasses.replace(config.evaluate, crop_ratio=crop),
-        dope=dataclasses.replace(config.dope, label=config.dope.label or ("teacher" if config.train.teacher else "true")),
+        dope=dataclasses.replace(config.dope,
+                                 label=config.dope.label or ("teacher" if config.train.teacher else "true")),
     )
 
 

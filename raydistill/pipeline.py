@@ -125,7 +125,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise UserError(f"train.mix_alpha must be positive, got {config.train.mix_alpha}")
     validate_dope(config)
     if not 0 < config.evaluate.crop_ratio <= 1:
-        raise UserError(f"evaluate.crop_ratio must be in (0, 1] (ImageNet's is 0.875), got {config.evaluate.crop_ratio}")
+        raise UserError(f"evaluate.crop_ratio must be in (0, 1] (ImageNet's is 0.875), got "
+                        f"{config.evaluate.crop_ratio}")
     return config
 
 

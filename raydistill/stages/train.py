@@ -111,7 +111,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         train_loop_config={
             "run_uri": ctx.rundir.uri, "files": files,
             "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
-            "imagenet_classes": ctx.imagenet_classes, "settings": settings, "weight_transform": weight_transform or cfg.train.weight_transform,
+            "imagenet_classes": ctx.imagenet_classes, "settings": settings,
+            "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
         },
         scaling_config=ScalingConfig(
