@@ -13,8 +13,6 @@ import logging
 import numpy as np
 import ray
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from raydistill.metrics import count
 
@@ -118,8 +116,15 @@ def _decode(data: bytes, size: int, crop_ratio: float) -> tuple[np.ndarray, bool
         reason = "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
         raise SkippedImage(reason, f"cannot decode image: {type(e).__name__}: {e}") from e
 
-    # torchvision's Resize + CenterCrop, as the peers' loaders run them (Pillow's bicubic antialiases when shrinking).
-    rgb = TF.center_crop(TF.resize(rgb, short_side, interpolation=InterpolationMode.BICUBIC), size)
+    # torchvision's Resize + CenterCrop, as the peers' loaders run them (its rounding: the long side truncated, the
+    # crop's offset rounded), in Pillow alone: importing torch would add about 250 MiB to every decode task.
+    width, height = rgb.size
+    scale = short_side / min(width, height)
+    new_size = (short_side, int(height * scale)) if width <= height else (int(width * scale), short_side)
+    if new_size != rgb.size:
+        rgb = rgb.resize(new_size, Image.Resampling.BICUBIC)  # Pillow antialiases when it shrinks
+    left, top = round((new_size[0] - size) / 2), round((new_size[1] - size) / 2)
+    rgb = rgb.crop((left, top, left + size, top + size))
     return np.asarray(rgb, dtype=np.uint8), upsampled
 
 
