@@ -56,8 +56,8 @@ class Stage:
 STAGES = (
     # Encoding reads the originals at the prior's resolution: the students' size first matters when images are made.
     Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.max_per_class, c.data.subset_seed,
-                                          c.prior,
-                                          (c.encode.t_end, c.encode.steps, c.encode.guidance) if c.encode.invert else ())),
+                                          c.prior, (c.encode.t_end, c.encode.steps, c.encode.guidance)
+                                          if c.encode.invert else ())),
     Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
     Stage("synthesize", "distilled", lambda c: (c.synthesize, c.data.image_size), per_variant=True),
     Stage("train", "students", lambda c: (c.train,), per_variant=True),
