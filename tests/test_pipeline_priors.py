@@ -36,7 +36,7 @@ def test_d3hr_and_ddoq_on_inverted_noise_with_a_diffusion_prior(ray_local, tmp_p
               "--set", "encode.steps=10", "--set", "synthesize.steps=10"]
     invoke("run", "--method", "d3hr", *common)
     encode = json.loads((out / "latents" / "_SUCCESS.json").read_text())
-    assert encode["inversion"] == {"t_end": 600, "steps": 10, "guidance": None} and encode["rows"] == 200
+    assert encode["inversion"] == {"t_end": 600, "steps": 10, "guidance": 4.0} and encode["rows"] == 200
     latents = pq.read_table(out / "latents", columns=["latent", "noise"])
     assert latents.column("noise").type.list_size == 4 * 16 * 16
     d3hr = pq.read_table(out / "prototypes")
