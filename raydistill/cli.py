@@ -29,6 +29,7 @@ FLAG_KEYS = {
     "seed": "seed",
     "address": "ray.address",
     "dope": "dope.count",
+    "trust_pickles": "trust_pickles",
 }
 
 
@@ -55,6 +56,9 @@ def run_options(command):
                                               "clear, and train on the result too (dope.* for more)."),
         click.option("--set", "overrides", multiple=True, help="Override any config key: section.key=value."),
         click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)."),
+        click.option("--trust-pickles", is_flag=True, default=None,
+                     help="Also load pickled weights (.bin, .pt, .pth): only from writers you trust, since loading "
+                          "a pickle runs any code it holds."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -282,9 +282,12 @@ class RunConfig:
     Attributes:
         recipe: a paper's setting (`list_recipes()`): its keys are the base that the config file and overrides
             change.
+        trust_pickles: also load weights stored as pickles (.bin, .pt, .pth), which run any code they hold; by
+            default only safetensors are read (raydistill/weights.py).
     """
 
     recipe: str | None = None
+    trust_pickles: bool = False
     out: str = "runs/default"
     seed: int = 0
     data: DataConfig = DataConfig()

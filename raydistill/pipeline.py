@@ -1,29 +1,32 @@
 """Stage order, fingerprints, skip/redo, and the checks that run before Ray starts.
 
-A stage is skipped when its `_SUCCESS.json` holds the fingerprint of its config sections and of the stages it
-reads; otherwise its folder is cleared and it runs again, and so does every stage after it.
+A stage is skipped when its `_SUCCESS.json` holds the fingerprint of its config sections, of the content of the
+inputs it reads (data, weights, class order) and of the stages before it; otherwise its folder is cleared and it runs
+again, and so does every stage after it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from raydistill.config import (
     RunConfig, fingerprint, resolve, to_dict, with_absolute_paths,
 )
 from raydistill.data import ImageSource, open_source
-from raydistill.data.classes import display_name, imagenet_indices, prior_labels
+from raydistill.data.classes import imagenet_indices, prior_labels
 from raydistill.data.selection import class_counts, select_per_class
 from raydistill.errors import UserError
 from raydistill.priors import Prior, load_prior, prior_traits
-from raydistill.priors.diffusion import DiffusionPrior, TextDiffusionPrior, require_denoiser
+from raydistill.priors.diffusion import AUTOENCODER_FILE, DiffusionPrior, TextDiffusionPrior, require_denoiser
 from raydistill.quantize import QUANTIZERS
 from raydistill.quantize.kmeans import ALGORITHMS, PROTOTYPE_NORMS
 from raydistill.rundir import RunDir
-from raydistill.stages.context import Context, StageOutput
+from raydistill.stages.context import Context, Inputs, StageOutput
 from raydistill.stages.quantize import check_class_sizes
 from raydistill.stages.synthesize import DECODERS, img2img_timestep
 from raydistill.synthesize.ddim import timestep_grid
@@ -31,13 +34,15 @@ from raydistill.train.augment import MIXES
 from raydistill.train.loop import LR_SCHEDULES
 from raydistill.train.losses import parse_weight_transform
 from raydistill.train.models import create_student, load_teacher
+from raydistill.weights import is_hub_id, local_digest, pin_revision
 
 log = logging.getLogger("raydistill")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage: the folder its marker lives in and the config sections its result depends on.
+    """A pipeline stage: the folder its marker lives in, the config sections its result depends on and the
+    `Inputs` fields it reads.
 
     A `per_variant` stage also writes the same folder under each variant's prefix (baseline/prototypes, ...).
     """
@@ -46,6 +51,7 @@ class Stage:
     folder: str
     sections: Callable[[RunConfig], tuple]
     per_variant: bool = False
+    reads: tuple[str, ...] = ()
 
     def outputs(self, ctx: Context) -> list[str]:
         if not self.per_variant:
@@ -57,27 +63,63 @@ STAGES = (
     # Encoding reads the originals at the prior's resolution: the students' size first matters when images are made.
     Stage("encode", "latents", lambda c: (c.data.train, c.data.format, c.data.max_per_class, c.data.subset_seed,
                                           c.prior, (c.encode.t_end, c.encode.steps, c.encode.guidance)
-                                          if c.encode.invert else ())),
-    Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline), per_variant=True),
+                                          if c.encode.invert else ()), reads=("data", "classes", "prior")),
+    # d3hr draws its samples from another random stream on a GPU, so there its GPU count is not a mere resource.
+    Stage("quantize", "prototypes", lambda c: (c.seed, c.quantize, c.evaluate.baseline,
+                                               c.quantize.method == "d3hr" and c.quantize.gpus_per_task > 0),
+          per_variant=True),
     Stage("synthesize", "distilled", lambda c: (c.synthesize, c.data.image_size), per_variant=True),
-    Stage("train", "students", lambda c: (c.train,), per_variant=True),
+    Stage("train", "students", lambda c: (c.train,), per_variant=True, reads=("teacher",)),
     Stage("dope", "doped", lambda c: (c.dope,)),
-    Stage("evaluate", "evaluation", lambda c: (c.data.val, c.evaluate.crop_ratio)),
+    Stage("evaluate", "evaluation", lambda c: (c.data.val, c.evaluate.crop_ratio), reads=("val",)),
     Stage("report", "report", lambda c: ()),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
-def stage_fingerprints(config: RunConfig) -> dict[str, str]:
+def stage_fingerprints(config: RunConfig, inputs: Inputs) -> dict[str, str]:
     """Each stage's fingerprint chains the one before it, so a changed upstream redoes everything after it.
 
     `config` is resolved (`resolve`): a default written out and the same value left to its default are one run.
     """
     fingerprints, upstream = {}, ""
     for stage in STAGES:
-        upstream = fingerprint(upstream, *stage.sections(config))
+        upstream = fingerprint(upstream, *stage.sections(config), stage_inputs(stage, inputs))
         fingerprints[stage.name] = upstream
     return fingerprints
+
+
+def stage_inputs(stage: Stage, inputs: Inputs) -> dict:
+    """The `Inputs` a stage reads, as its marker records them."""
+    return {name: getattr(inputs, name) for name in stage.reads}
+
+
+def prior_digest(spec: str) -> str:
+    """Content digest of a prior's local weights, with the autoencoder a prior trained here names; its
+    checkpoints (train_state/) are left out, since they do not change the prior."""
+    path = Path(spec.partition(":")[2]).expanduser()
+    if not spec.partition(":")[2] or not path.exists():
+        return ""
+    digest = local_digest(path, skip=("train_state",))
+    pointer = path / AUTOENCODER_FILE
+    if pointer.is_file():
+        digest += "+" + prior_digest(json.loads(pointer.read_text())["prior"])
+    return digest
+
+
+def teacher_digest(spec: str | None) -> str:
+    """Content digest of a teacher's local weights file; "" for none or timm's own weights."""
+    file = (spec or "").partition(":")[2]
+    return local_digest(Path(file).expanduser()) if file and not spec.startswith(("hf-hub:", "hf_hub:")) else ""
+
+
+def pin_prior_revision(config: RunConfig) -> RunConfig:
+    """The config with a hub-loaded prior's id pinned to one commit ("dit:owner/name@COMMIT"), so every actor loads
+    the same weights and a new upload redoes the run."""
+    name, _, arg = config.prior.spec.partition(":")
+    if name not in ("dit", "sd", "vae") or not arg or not is_hub_id(arg):
+        return config
+    return replace(config, prior=replace(config.prior, spec=f"{name}:{pin_revision(arg)}"))
 
 
 def validate(config: RunConfig) -> RunConfig:
@@ -251,7 +293,9 @@ def open_validation(config: RunConfig, class_names: list[str]) -> ImageSource | 
 def prepare(config: RunConfig) -> Context:
     """Validates and resolves the config, opens the data, counts each class and loads the prior once: all before
     Ray."""
-    config = with_absolute_paths(validate(config))
+    config = pin_prior_revision(with_absolute_paths(validate(config)))
+    rundir = RunDir(config.out)
+    rundir.check_writable()
     train_source = open_source(config.data.train, "train", config.data.format)
     val_source = open_validation(config, train_source.class_names)
     if config.data.max_per_class is None:
@@ -264,28 +308,22 @@ def prepare(config: RunConfig) -> Context:
     check_class_sizes(counts, class_names, config.quantize.ipc, config.quantize.allow_fewer)
     teacher_classes = imagenet_indices(class_names)
     if config.train.teacher:
-        load_teacher(config.train.teacher, len(class_names), teacher_classes)
-    prior = load_prior(config.prior.spec, config.prior.resolution)
+        load_teacher(config.train.teacher, len(class_names), teacher_classes, config.trust_pickles)
+    prior = load_prior(config.prior.spec, config.prior.resolution, config.trust_pickles)
     labels = check_prior_for(config, prior, class_names)
     if isinstance(prior, DiffusionPrior):
         prior.use_class_names(class_names, config.prior.prompt, config.prior.negative_prompt, labels)
-    rundir = RunDir(config.out)
     rundir.write_json(to_dict(config), "config.json")
-    rundir.write_json(class_records(class_names, labels, teacher_classes), "class_names.json")
+    inputs = Inputs(
+        data=train_source.content_digest(), classes=tuple(class_names), prior=prior_digest(config.prior.spec),
+        teacher=teacher_digest(config.train.teacher), val=val_source.content_digest() if val_source else "",
+    )
     return Context(
-        config=config, rundir=rundir, train_source=train_source, val_source=val_source, class_names=class_names,
+        config=config, rundir=rundir, inputs=inputs, train_source=train_source, val_source=val_source, class_names=class_names,
         class_counts=counts, keep_ids=keep_ids, latent_shape=tuple(prior.latent_shape), resolution=prior.resolution,
         train_timesteps=prior.train_timesteps if isinstance(prior, DiffusionPrior) else None, prior_labels=labels,
         imagenet_classes=teacher_classes,
     )
-
-
-def class_records(class_names: list[str], labels: list[int] | None, imagenet: list[int] | None) -> list[dict]:
-    """class_names.json: each class's name in the data, the name a person reads, the label the prior is given and
-    its ImageNet-1K index (null where they do not apply)."""
-    return [{"label": i, "name": name, "display_name": display_name(name),
-             "prior_label": None if labels is None else labels[i],
-             "imagenet_index": None if imagenet is None else imagenet[i]} for i, name in enumerate(class_names)]
 
 
 def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: bool = False) -> dict:
@@ -318,7 +356,7 @@ def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: b
     log.info("%s: %d rows in %.1f s", stage.name, output.rows, seconds)
     files = ctx.rundir.manifest(stage.outputs(ctx))
     return ctx.rundir.write_marker(stage.folder, fingerprints[stage.name], output.rows, seconds, files=files,
-                                   **output.extra)
+                                   inputs=stage_inputs(stage, ctx.inputs), **output.extra)
 
 
 def verify(run_uri: str) -> dict[str, list[str]]:
@@ -354,7 +392,7 @@ def run(config: RunConfig, only: str | None = None) -> dict:
     if ctx.val_source is None and only in (None, "evaluate"):
         raise UserError("no validation data: pass --val-data, or put a val/ or test split beside the training data")
     connect(config.ray)
-    fingerprints = stage_fingerprints(ctx.config)
+    fingerprints = stage_fingerprints(ctx.config, ctx.inputs)
     if only is not None:
         return run_stage(ctx, next(s for s in STAGES if s.name == only), fingerprints, force=True)
     for stage in STAGES:

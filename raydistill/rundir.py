@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from raydistill.errors import UserError
+
 MARKER = "_SUCCESS.json"
 
 
@@ -41,9 +43,22 @@ class RunDir:
     def __init__(self, uri: str):
         if "://" not in uri:
             uri = os.path.abspath(uri)
-        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            self.fs.create_dir(self.root, recursive=True)
+        except (OSError, ValueError) as e:  # pyarrow's errors for bad URIs, credentials and permissions
+            raise unwritable(uri, e) from e
         self.uri = uri.rstrip("/")
-        self.fs.create_dir(self.root, recursive=True)
+
+    def check_writable(self) -> None:
+        """Writes and removes a probe file, so a read-only folder or bucket fails before any work."""
+        probe = self.path(f".write-probe-{uuid.uuid4().hex[:8]}")
+        try:
+            with self.fs.open_output_stream(probe) as stream:
+                stream.write(b"")
+            self.fs.delete_file(probe)
+        except OSError as e:
+            raise unwritable(self.uri, e) from e
 
     @property
     def name(self) -> str:
@@ -145,3 +160,8 @@ class RunDir:
         }
         self.write_json(marker, stage_dir, MARKER)
         return marker
+
+
+def unwritable(uri: str, error: Exception) -> UserError:
+    return UserError(f"cannot write the run folder {uri} ({error}): pass an --out you may write to (for s3:// and "
+                     f"gs://, check the credentials in the environment)")

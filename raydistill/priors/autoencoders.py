@@ -12,6 +12,7 @@ from torch import nn
 from raydistill.errors import UserError
 from raydistill.priors import taef2
 from raydistill.priors.base import PRIORS, Prior
+from raydistill.weights import from_pretrained, load_config
 
 # Default resolutions: the trained models' working sizes; CIFAR size for the pixel and test priors.
 PIXEL_RESOLUTION = 32
@@ -142,7 +143,7 @@ def load_vae(arg: str) -> nn.Module:
     errors = []
     for source, subfolder in _vae_source(arg):
         try:
-            config = AutoencoderKL.load_config(source, subfolder=subfolder)
+            config = load_config(AutoencoderKL, source, subfolder)
         except (OSError, ValueError) as e:  # diffusers reports a missing or unreadable config as either
             errors.append(e)
             continue
@@ -152,7 +153,9 @@ def load_vae(arg: str) -> nn.Module:
             raise UserError(f"VAE {arg!r} is a {class_name}; supported classes: {supported}: {_VAE_HINT}")
         cls = AutoencoderTiny if class_name == "AutoencoderTiny" else AutoencoderKL
         try:
-            return cls.from_pretrained(source, subfolder=subfolder).float()
+            return from_pretrained(cls, source, subfolder).float()
+        except UserError:
+            raise
         except Exception as e:  # diffusers raises many types for bad weights; all mean the same to the user
             raise UserError(f"could not load the {class_name} weights from {arg!r} ({e}): {_VAE_HINT}") from e
     raise UserError(f"could not load a VAE config from {arg!r} ({errors[0]}): {_VAE_HINT}") from errors[0]

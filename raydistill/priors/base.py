@@ -9,6 +9,7 @@ from torch import nn
 
 from raydistill.errors import UserError
 from raydistill.registry import Registry
+from raydistill.weights import trusting_pickles
 
 # A factory takes the part of the spec after the first colon (or None) and the requested resolution (or None for its
 # default) and returns a float32 Prior on the CPU.
@@ -119,13 +120,14 @@ def prior_traits(spec: str) -> tuple[str, float | None]:
     return getattr(factory, "denoiser_kind", "autoencoder"), getattr(factory, "default_guidance", None)
 
 
-def load_prior(spec: str, resolution: int | None = None) -> Prior:
+def load_prior(spec: str, resolution: int | None = None, trust_pickles: bool = False) -> Prior:
     """Builds a prior from a spec string, in float32 on the CPU.
 
     Args:
         spec: ``"NAME"`` or ``"NAME:ARG"``, split at the first colon; ARG is what the prior loads from (a local
             directory, or a hub id where the prior supports one). See ``list_priors()`` for the names.
         resolution: Image side the prior works at; None uses the prior's default.
+        trust_pickles: also read pickled weights (.bin, .pt); by default only safetensors.
 
     Returns:
         The prior, with ``name`` set to ``spec``.
@@ -136,7 +138,8 @@ def load_prior(spec: str, resolution: int | None = None) -> Prior:
     name, sep, arg = spec.partition(":")
     if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0):
         raise UserError(f"prior resolution must be a positive integer; got {resolution!r}")
-    prior = PRIORS.get(name)(arg if sep else None, resolution)
+    with trusting_pickles(trust_pickles):
+        prior = PRIORS.get(name)(arg if sep else None, resolution)
     prior.name = spec
     return prior
 

@@ -22,6 +22,7 @@ from raydistill.priors.autoencoders import (
     TINY_RESOLUTION, DiffusersVAEPrior, load_vae, tiny_autoencoder, vae_downsample,
 )
 from raydistill.priors.base import PRIORS, Prior, denoises, load_prior
+from raydistill.weights import from_pretrained, load_config, split_revision
 
 # A prior trained by `raydistill prior train` names its autoencoder here instead of holding a vae/ folder.
 AUTOENCODER_FILE = "autoencoder.json"
@@ -238,7 +239,7 @@ def schedule_of(scheduler_source: str, subfolder: str | None) -> tuple[np.ndarra
     scheduler class; betas are shared)."""
     from diffusers import DDIMScheduler
 
-    config = DDIMScheduler.load_config(scheduler_source, subfolder=subfolder)
+    config = load_config(DDIMScheduler, scheduler_source, subfolder)
     alphas = DDIMScheduler.from_config(config).alphas_cumprod.double().numpy()
     return alphas, config.get("prediction_type", "epsilon")
 
@@ -263,7 +264,7 @@ def _load_denoiser(source: str, subfolder: str, hint: str) -> nn.Module:
     import diffusers
 
     try:
-        config = diffusers.DiTTransformer2DModel.load_config(source, subfolder=subfolder)
+        config = load_config(diffusers.DiTTransformer2DModel, source, subfolder)
     except (OSError, ValueError) as e:
         raise UserError(f"could not read the denoiser config of {source!r} ({e}): {hint}") from e
     class_name = config.get("_class_name", "")
@@ -272,7 +273,9 @@ def _load_denoiser(source: str, subfolder: str, hint: str) -> nn.Module:
         raise UserError(f"{source!r}: {subfolder}/ holds a {class_name or 'model'} that diffusers does not have: "
                         f"{hint}")
     try:
-        return cls.from_pretrained(source, subfolder=subfolder).float()
+        return from_pretrained(cls, source, subfolder).float()
+    except UserError:
+        raise
     except Exception as e:  # diffusers raises many types for bad weights; all mean the same to the user
         raise UserError(f"could not load the {class_name} weights from {source!r} ({e}): {hint}") from e
 
@@ -291,6 +294,9 @@ def dit(arg: str | None, resolution: int | None) -> Prior:
     if not arg:
         raise UserError(f"prior 'dit' needs a model: {_DIT_HINT}")
     source, local = _pipeline_source(arg, "transformer", _DIT_HINT)
+    if local and (Path(source) / AUTOENCODER_FILE).is_file() and not (Path(source) / TRAINING_INFO_FILE).is_file():
+        raise UserError(f"prior folder {source} has no {TRAINING_INFO_FILE}: `raydistill prior train` stopped while "
+                        f"writing it; rerun that command to finish it")
     denoiser = _load_denoiser(source, "transformer", _DIT_HINT)
     alphas, prediction_type = _load_schedule(source, _DIT_HINT)
     pointer = Path(source) / AUTOENCODER_FILE
@@ -334,8 +340,9 @@ def sd(arg: str | None, resolution: int | None) -> Prior:
     denoiser = _load_denoiser(source, "unet", _SD_HINT)
     vae = load_vae(str(Path(source) / "vae") if local else source)
     try:
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder").float()
-        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
+        text_encoder = from_pretrained(CLIPTextModel, source, "text_encoder").float()
+        repository, revision = split_revision(source)  # a tokenizer is text files, never a pickle
+        tokenizer = AutoTokenizer.from_pretrained(repository, subfolder="tokenizer", revision=revision)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load the text encoder or tokenizer of {source!r} ({e}): {_SD_HINT}") from e
     default_resolution = denoiser.config.sample_size * vae_downsample(vae)

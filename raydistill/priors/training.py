@@ -118,11 +118,13 @@ def is_held_out(image_id: str, fraction: float) -> bool:
 
 def write_prior_directory(out: Path, ema: nn.Module, autoencoder_spec: str, resolution: int, latent_scale: float,
                           prediction_type: str, info: dict) -> None:
-    """Writes transformer/, scheduler/ and autoencoder.json so that `dit:OUT` loads the trained prior."""
+    """Writes transformer/, scheduler/ and autoencoder.json so that `dit:OUT` loads the trained prior, and
+    training.json last: a folder without it is a write that did not finish, and `dit:OUT` refuses it."""
     from diffusers import DDIMScheduler
 
     out.mkdir(parents=True, exist_ok=True)
-    ema.save_pretrained(out / "transformer")
+    (out / TRAINING_INFO_FILE).unlink(missing_ok=True)
+    ema.save_pretrained(out / "transformer", safe_serialization=True)
     DDIMScheduler(**DIT_SCHEDULE, clip_sample=False, set_alpha_to_one=True,
                   prediction_type=prediction_type).save_pretrained(out / "scheduler")
     pointer = {"prior": autoencoder_spec, "resolution": resolution, "latent_scale": latent_scale}

@@ -27,11 +27,26 @@ class DistilledVariant:
         return f"{self.prefix}/{stage}" if self.prefix else stage
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """Content digests of what a run reads and did not write, so that a file changed in place at the same path
+    redoes the stages that read it: the data's and the validation data's listings (paths, sizes, mtimes), the class
+    names in their order, and hashes of the prior's and the teacher's weight files ("" for built-in ones; a hub
+    id's pinned revision is in its spec)."""
+
+    data: str
+    classes: tuple[str, ...]
+    prior: str
+    teacher: str
+    val: str
+
+
 @dataclass
 class Context:
     """Shared by the stages of one run.
 
     Attributes:
+        inputs: content digests of what the run reads (for the stages' fingerprints).
         class_counts: training images per label after `max_per_class`, from the index pass.
         keep_ids: the ids kept by `max_per_class`, or None to keep all.
         latent_shape: (C, h, w) of one latent of the prior at its resolution.
@@ -43,6 +58,7 @@ class Context:
 
     config: RunConfig
     rundir: RunDir
+    inputs: Inputs
     train_source: ImageSource
     val_source: ImageSource | None
     class_names: list[str]

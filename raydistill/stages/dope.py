@@ -38,14 +38,14 @@ class ClarityScorer:
     """Ray Data actor: the student's clarity of each real image for its label (the true one, or the teacher's)."""
 
     def __init__(self, run_uri: str, student_folder: str, teacher: str | None, num_classes: int, num_cpus: float,
-                 imagenet_classes: list[int] | None = None):
+                 imagenet_classes: list[int] | None = None, trust_pickles: bool = False):
         self.device, _ = model_device(num_cpus)
         rundir = RunDir(run_uri)
         self.run = rundir.name
         self.student = load_student(rundir, student_folder, self.device)
         self.teacher = None
         if teacher:
-            self.teacher = load_teacher(teacher, num_classes, imagenet_classes).to(self.device).eval()
+            self.teacher = load_teacher(teacher, num_classes, imagenet_classes, trust_pickles).to(self.device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = to_tensor(batch["image"]).to(self.device)
@@ -72,7 +72,7 @@ def score_real_images(ctx: Context, student_folder: str) -> pa.Table:
         ClarityScorer,
         fn_constructor_kwargs={"run_uri": ctx.rundir.uri, "student_folder": student_folder, "teacher": teacher,
                                "num_classes": len(ctx.class_names), "num_cpus": cpus,
-                               "imagenet_classes": ctx.imagenet_classes},
+                               "imagenet_classes": ctx.imagenet_classes, "trust_pickles": cfg.trust_pickles},
         compute=ActorPoolStrategy(size=cfg.dope.actors),
         batch_size=cfg.dope.batch_size,
         batch_format="numpy",

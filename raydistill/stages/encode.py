@@ -17,6 +17,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from raydistill.data import decode_dataset
+from raydistill.data.classes import display_name
 from raydistill.data.transforms import SkipLedger
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
@@ -37,11 +38,12 @@ def model_device(num_cpus: float) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def actor_prior(prior_spec: str, resolution: int, num_cpus: float, classes: dict | None = None) -> Prior:
+def actor_prior(prior_spec: str, resolution: int, num_cpus: float, classes: dict | None = None,
+                trust_pickles: bool = False) -> Prior:
     """The prior on this actor's device and dtype, told the dataset's classes (`classes`: the keyword arguments
     of `DiffusionPrior.use_class_names`) where it is a diffusion prior."""
     device, dtype = model_device(num_cpus)
-    prior = load_prior(prior_spec, resolution).to(device, dtype).eval()
+    prior = load_prior(prior_spec, resolution, trust_pickles).to(device, dtype).eval()
     if isinstance(prior, DiffusionPrior) and classes is not None:
         prior.use_class_names(**classes)
     return prior
@@ -72,8 +74,8 @@ class Encoder:
     """
 
     def __init__(self, prior_spec: str, resolution: int, num_cpus: float, run: str, inversion: dict | None = None,
-                 classes: dict | None = None):
-        self.prior = actor_prior(prior_spec, resolution, num_cpus, classes)
+                 classes: dict | None = None, trust_pickles: bool = False):
+        self.prior = actor_prior(prior_spec, resolution, num_cpus, classes, trust_pickles)
         self.device = self.prior.device
         self.run = run
         self.inversion = inversion
@@ -109,8 +111,18 @@ def written_class_counts(ctx: Context, folder: str) -> dict[int, int]:
     return counts
 
 
+def class_records(class_names: list[str], labels: list[int] | None, imagenet: list[int] | None) -> list[dict]:
+    """class_names.json: each class's name in the data, the name a person reads, the label the prior is given and
+    its ImageNet-1K index (null where they do not apply)."""
+    return [{"label": i, "name": name, "display_name": display_name(name),
+             "prior_label": None if labels is None else labels[i],
+             "imagenet_index": None if imagenet is None else imagenet[i]} for i, name in enumerate(class_names)]
+
+
 def run(ctx: Context) -> StageOutput:
     cfg = ctx.config
+    # Written with the latents, whose labels it names: a run that skips encoding keeps the names they were made with.
+    ctx.rundir.write_json(class_records(ctx.class_names, ctx.prior_labels, ctx.imagenet_classes), "class_names.json")
     ledger = SkipLedger.remote()
     # The prior sees each original at its own resolution, whatever size the students train at.
     images = decode_dataset(ctx.train_source.dataset(ctx.keep_ids), ctx.resolution, "encode", ctx.rundir.name,
@@ -122,6 +134,7 @@ def run(ctx: Context) -> StageOutput:
         fn_constructor_kwargs={
             "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "num_cpus": cpus, "run": ctx.rundir.name,
             "inversion": inversion_settings(ctx), "classes": class_conditioning(ctx),
+            "trust_pickles": cfg.trust_pickles,
         },
         compute=ActorPoolStrategy(size=cfg.encode.actors),
         batch_size=cfg.encode.batch_size,

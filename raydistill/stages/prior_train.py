@@ -8,7 +8,8 @@ the last one, and a worker that dies is replaced and continues from it (FailureC
 from __future__ import annotations
 
 import json
-import os
+import logging
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import ray.train
@@ -23,7 +25,8 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raydistill.config import PriorTrainSettings, RayConfig
+from raydistill.checkpoints import check_checkpoints, load_state, save_state
+from raydistill.config import PriorTrainSettings, RayConfig, fingerprint
 from raydistill.errors import UserError
 from raydistill.metrics import record
 from raydistill.priors.diffusion import linear_schedule
@@ -33,7 +36,7 @@ from raydistill.priors.training import (
 )
 from raydistill.stages.cluster import cluster_cpus, cluster_gpus, connect
 
-STATE_FILE = "state.pt"
+log = logging.getLogger("raydistill")
 
 
 def read_latent_run(latents: str) -> dict:
@@ -49,6 +52,7 @@ def read_latent_run(latents: str) -> dict:
         "prior": config["prior"]["spec"],
         "resolution": config["prior"]["resolution"],
         "latent_shape": tuple(json.loads(marker.read_text())["latent_shape"]),
+        "fingerprint": json.loads(marker.read_text())["fingerprint"],
         "class_names": [record["name"] for record in json.loads((run / "class_names.json").read_text())],
     }
 
@@ -94,7 +98,7 @@ def prior_train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+            state = load_state(folder)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -134,13 +138,29 @@ def prior_train_worker(config: dict) -> None:
                     record("raydistill_prior_train_loss", metrics["loss"], stage="prior-train", run=config["name"])
                 with tempfile.TemporaryDirectory() as folder:
                     if rank == 0:
-                        torch.save({"model": plain.state_dict(), "ema": ema.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "step": step},
-                                   os.path.join(folder, STATE_FILE))
+                        save_state({"model": plain.state_dict(), "ema": ema.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "step": step}, folder)
                     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
                 losses = []
             if step >= settings.steps:
                 break
+
+
+def training_state_name(run: dict, settings: PriorTrainSettings, workers: int) -> str:
+    """The Ray Train run name of a training: it changes with the latents and with every setting but the step
+    counts, so a rerun with more --steps resumes and one with other latents, lr, seed or preset starts afresh."""
+    kept = {key: value for key, value in asdict(settings).items() if key not in ("steps", "checkpoint_every")}
+    return f"prior-{fingerprint(run['fingerprint'], kept, workers)}"
+
+
+def discard_other_states(storage: Path, name: str) -> None:
+    """Removes the checkpoints of trainings with other settings: OUT holds one prior, and resuming them would mix
+    two trainings."""
+    for folder in storage.glob("*") if storage.is_dir() else ():
+        if folder.name != name:
+            log.warning("prior train: %s holds checkpoints of other latents or settings; training from the start",
+                        storage)
+            shutil.rmtree(folder)
 
 
 def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int, int],
@@ -185,6 +205,9 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     cpus_per_worker = 1 if use_gpu else max(1, (int(cluster_cpus()) - 1) // workers)
     threads_per_worker = 1 if use_gpu else max(1, int(cluster_cpus()) // workers)
     out_path = Path(out).expanduser().resolve()
+    name = training_state_name(run, settings, workers)
+    discard_other_states(out_path / "train_state", name)
+    check_checkpoints(pafs.LocalFileSystem(), str(out_path / "train_state" / name))
     trainer = TorchTrainer(
         prior_train_worker,
         train_loop_config={"settings": settings, "build": build, "alphas": linear_schedule().astype(np.float32),
@@ -193,14 +216,14 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
         datasets={"train": training_dataset(run["folder"], settings.holdout)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name="prior", storage_path=str(out_path / "train_state"),
+        run_config=RunConfig(name=name, storage_path=str(out_path / "train_state"),
                              failure_config=FailureConfig(max_failures=3),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     started = time.perf_counter()
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+        state = load_state(folder)
     ema = build()
     ema.load_state_dict(state["ema"])
     info = {"steps": state["step"], "final_loss": result.metrics["loss"],

@@ -58,8 +58,8 @@ class Decoder:
     """
 
     def __init__(self, prior_spec: str, resolution: int, latent_shape: list[int], image_size: int, num_cpus: float,
-                 run: str, sampling: dict | None = None, classes: dict | None = None):
-        self.prior = actor_prior(prior_spec, resolution, num_cpus, classes)
+                 run: str, sampling: dict | None = None, classes: dict | None = None, trust_pickles: bool = False):
+        self.prior = actor_prior(prior_spec, resolution, num_cpus, classes, trust_pickles)
         self.device = self.prior.device
         self.run = run
         self.latent_shape, self.image_size = tuple(latent_shape), image_size
@@ -166,7 +166,7 @@ def run_variant(ctx: Context, variant: DistilledVariant) -> int:
         decoder_args = {
             "prior_spec": cfg.prior.spec, "resolution": ctx.resolution, "latent_shape": list(ctx.latent_shape),
             "image_size": cfg.data.image_size, "num_cpus": cpus, "run": ctx.rundir.name,
-            "classes": class_conditioning(ctx),
+            "classes": class_conditioning(ctx), "trust_pickles": ctx.config.trust_pickles,
         }
         pool = {"compute": ActorPoolStrategy(size=cfg.synthesize.actors), "batch_format": "numpy", "num_gpus": gpus,
                 "num_cpus": cpus}

@@ -8,7 +8,6 @@ dies is replaced (FailureConfig) and continues from it.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 
@@ -19,6 +18,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load, save
 
+from raydistill.checkpoints import check_checkpoints, load_state, save_state
 from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
 from raydistill.stages.cluster import cluster_cpus, cluster_gpus
@@ -26,8 +26,6 @@ from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import create_student, load_teacher
-
-STATE_FILE = "state.pt"
 
 
 def train_worker(config: dict) -> None:
@@ -45,12 +43,13 @@ def train_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     teacher = None
     if config["teacher"]:
-        teacher = load_teacher(config["teacher"], config["num_classes"], config["imagenet_classes"]).to(device)
+        teacher = load_teacher(config["teacher"], config["num_classes"], config["imagenet_classes"],
+                               config["trust_pickles"]).to(device)
     trainer = StudentTrainer(model, data, config["settings"], teacher=teacher, device=device, rank=rank, world=world)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), weights_only=False))
+            trainer.load_state_dict(load_state(folder))
     epochs, every = config["settings"].epochs, config["checkpoint_every"]
     start_epoch, losses = trainer.epoch, []
     while trainer.epoch < epochs:
@@ -71,7 +70,7 @@ def train_worker(config: dict) -> None:
             continue
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
+                save_state(trainer.state_dict(), folder)
             checkpoint = Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report({**metrics, "losses": losses, "start_epoch": start_epoch}, checkpoint=checkpoint)
         losses = []
@@ -105,6 +104,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     out = variant.folder(student_folder(student, repeat))
     run_name = f"{variant.prefix or 'method'}-{out.rsplit('/', 1)[-1]}"
     files = ctx.rundir.files(variant.folder("distilled"), suffix=".parquet")
+    storage = ctx.rundir.path("train_state", fingerprint)
+    check_checkpoints(ctx.rundir.fs, f"{storage}/{run_name}")
     distilled_rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows for f in files)
     trainer = TorchTrainer(
         train_worker,
@@ -114,13 +115,14 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
+            "trust_pickles": cfg.trust_pickles,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=ctx.rundir.path("train_state", fingerprint),
+            storage_path=storage,
             storage_filesystem=ctx.rundir.fs,
             failure_config=FailureConfig(max_failures=3),
             checkpoint_config=CheckpointConfig(num_to_keep=2),  # one per epoch would otherwise pile up
@@ -129,7 +131,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     start = time.perf_counter()
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+        state = load_state(folder)
     ctx.rundir.write_bytes(save({k: v.contiguous() for k, v in state["model"].items()}), out, "model.safetensors")
     metrics = {
         "student": student, "repeat": repeat, "epochs": state["epoch"], "final_loss": result.metrics["loss"],

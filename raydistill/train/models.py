@@ -17,6 +17,7 @@ from torch import nn
 from raydistill.data.classes import IMAGENET_CLASSES
 from raydistill.errors import UserError
 from raydistill.registry import Registry
+from raydistill.weights import TRUST_PICKLES_HINT
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -211,16 +212,18 @@ class ClassSubset(nn.Module):
         return self.model(x)[:, self.classes]
 
 
-def load_teacher(spec: str, num_classes: int, imagenet_classes: Sequence[int] | None = None) -> nn.Module:
+def load_teacher(spec: str, num_classes: int, imagenet_classes: Sequence[int] | None = None,
+                 trust_pickles: bool = False) -> nn.Module:
     """Loads a pretrained teacher, frozen and in eval mode, taking RGB in [0, 1].
 
     Args:
         spec: ``"cifar-resnet20:FILE"`` or ``"cifar-resnet56:FILE"`` (safetensors from the CIFAR ResNet release),
-            ``"TIMM_NAME:FILE"`` (a timm architecture with a local ``.safetensors`` or ``.pth``/``.pt`` state dict,
-            normalised with ImageNet statistics), or ``"TIMM_NAME"`` alone (timm's pretrained weights from the hub,
+            ``"TIMM_NAME:FILE"`` (a timm architecture with a local ``.safetensors`` state dict, or a ``.pth``/``.pt``
+            one where ``trust_pickles``, normalised with ImageNet statistics), or ``"TIMM_NAME"`` alone (timm's pretrained weights from the hub,
             normalised with the statistics of their pretrained config). Split at the first colon.
         num_classes: Number of classes the teacher must predict; must match the weights, unless
             ``imagenet_classes`` lets an ImageNet-1K teacher serve a subset of its classes.
+        trust_pickles: read a torch checkpoint (a pickle) as well as safetensors.
         imagenet_classes: each class's ImageNet-1K index, where every class of the data is an ImageNet class: a
             timm teacher with 1,000 outputs then predicts these of its logits, in this order.
 
@@ -241,20 +244,22 @@ def load_teacher(spec: str, num_classes: int, imagenet_classes: Sequence[int] | 
             raise UserError(f"teacher {name!r} has no built-in weights: pass {name}:FILE with a .safetensors file "
                             f"of the CIFAR ResNet release")
         model = STUDENTS.get(name)(num_classes, 32)
-        _load_strict(model, _read_state_dict(Path(file).expanduser()), file, f"{name} with {num_classes} classes")
+        state = _read_state_dict(Path(file).expanduser(), trust_pickles)
+        _load_strict(model, state, file, f"{name} with {num_classes} classes")
     else:
-        model = _timm_teacher(name, file, num_classes, imagenet_classes)
+        model = _timm_teacher(name, file, num_classes, imagenet_classes, trust_pickles)
     return model.eval().requires_grad_(False)
 
 
-def _timm_teacher(name: str, file: str, num_classes: int, imagenet_classes: Sequence[int] | None) -> nn.Module:
+def _timm_teacher(name: str, file: str, num_classes: int, imagenet_classes: Sequence[int] | None,
+                  trust_pickles: bool) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
         raise UserError(f"unknown teacher {name!r}: pass {' or '.join(f'{n}:FILE' for n in _FILE_TEACHERS)}, "
                         f"or a timm model name (see timm.list_models()), optionally as NAME:FILE with local weights")
     if file:
-        state = _read_state_dict(Path(file).expanduser())
+        state = _read_state_dict(Path(file).expanduser(), trust_pickles)
         outputs = _classifier_outputs(name, state) or num_classes
         model = timm.create_model(name, pretrained=False, num_classes=outputs)
         _load_strict(model, state, file, f"timm {name} with {outputs} classes")
@@ -288,11 +293,15 @@ def _classifier_outputs(name: str, state: dict[str, torch.Tensor]) -> int | None
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
-def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    """Reads a state dict from .safetensors or a torch checkpoint, unwrapping the usual training-script containers."""
-    hint = "pass NAME:FILE with a .safetensors file or a torch state dict (.pth/.pt)"
+def _read_state_dict(file: Path, trust_pickles: bool) -> dict[str, torch.Tensor]:
+    """Reads a state dict from .safetensors or, where pickles are trusted, a torch checkpoint, unwrapping the usual
+    training-script containers."""
+    hint = "pass NAME:FILE with a .safetensors file (or a torch state dict, .pth/.pt, with --trust-pickles)"
     if not file.is_file():
         raise UserError(f"teacher weights file {file} not found: {hint}")
+    if file.suffix != ".safetensors" and not trust_pickles:
+        raise UserError(f"teacher weights file {file} is not .safetensors but a torch checkpoint: "
+                        f"{TRUST_PICKLES_HINT}")
     try:
         if file.suffix == ".safetensors":
             state = load_file(str(file))
