@@ -5,6 +5,7 @@ import pytest
 from raydistill.config import RunConfig, fingerprint, load_config, parse_override
 from raydistill.errors import UserError
 from raydistill.pipeline import stage_fingerprints
+from raydistill.stages.context import Inputs
 
 
 def test_defaults_yaml_and_overrides(tmp_path):
@@ -41,11 +42,15 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+# What `prepare` would find on disk, held fixed so that only the config varies.
+INPUTS = Inputs(data="listing", classes=("a", "b"), prior="weights", teacher="", val="")
+
+
 def test_resource_fields_do_not_change_fingerprints():
-    base = stage_fingerprints(RunConfig())
-    resized = stage_fingerprints(load_config(None, [{"encode": {"actors": 4, "batch_size": 7}}]))
+    base = stage_fingerprints(RunConfig(), INPUTS)
+    resized = stage_fingerprints(load_config(None, [{"encode": {"actors": 4, "batch_size": 7}}]), INPUTS)
     assert base == resized
-    changed = stage_fingerprints(load_config(None, [{"quantize": {"ipc": 3}}]))
+    changed = stage_fingerprints(load_config(None, [{"quantize": {"ipc": 3}}]), INPUTS)
     assert changed["encode"] == base["encode"]
     assert all(changed[s] != base[s] for s in ("quantize", "synthesize", "train", "evaluate", "report"))
     assert fingerprint(1, "a") == fingerprint(1, "a") != fingerprint(2, "a")
@@ -77,7 +82,7 @@ def test_a_default_written_out_is_the_same_run_as_the_default():
     explicit = validate(load_config(overrides=[{"quantize": {"method": "d3hr", "space": "noise"},
                                                 "prior": {"spec": "dit-tiny"},
                                                 "synthesize": {"decode": "ddim", "guidance": 4.0}}]))
-    assert stage_fingerprints(implicit) == stage_fingerprints(explicit)
+    assert stage_fingerprints(implicit, INPUTS) == stage_fingerprints(explicit, INPUTS)
 
 
 def test_a_recipe_is_the_base_that_files_and_overrides_change(tmp_path):

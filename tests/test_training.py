@@ -1,7 +1,6 @@
 """Issue 5: mixing with weights, the weighted loss across worker counts, exact resume of the training loop (a killed
 training run: tests/test_faults.py)."""
 
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from raydistill.checkpoints import load_state, save_state
 from raydistill.train.augment import mix_batch
 from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
 
@@ -87,16 +87,15 @@ def tiny_trainer(epochs=6, mix="cutmix"):
     return StudentTrainer(create_student("convnet3", 2, 16), data, settings)
 
 
-def test_student_trainer_learns_and_resumes_exactly():
+def test_student_trainer_learns_and_resumes_exactly(tmp_path):
     trainer = tiny_trainer(mix="none")
     assert (trainer.steps_per_epoch, trainer.images_per_epoch) == (3, 24)  # 20 images wrapped to 3 batches of 8
     losses = [trainer.train_epoch()["loss"] for _ in range(3)]
     assert losses[-1] < losses[0]
     resumed = tiny_trainer(mix="none")
-    saved = io.BytesIO()  # through bytes, as the checkpoint does: a state dict shares the live tensors
-    torch.save(trainer.state_dict(), saved)
-    saved.seek(0)
-    resumed.load_state_dict(torch.load(saved, weights_only=False))
+    # Through files, as the checkpoint does: a state dict shares the live tensors.
+    save_state(trainer.state_dict(), str(tmp_path))
+    resumed.load_state_dict(load_state(str(tmp_path)))
     assert resumed.epoch == 3
     assert resumed.train_epoch()["loss"] == pytest.approx(trainer.train_epoch()["loss"], rel=1e-6)
     cutmix = tiny_trainer()
