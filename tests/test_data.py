@@ -195,11 +195,11 @@ def test_parquet_hf_struct_images_without_ids(tmp_path, ray_local):
     _write_parquet(tmp_path / "data" / "shard-a.parquet", samples, with_id=False, hf_struct=True)
     source = open_source(str(tmp_path))
     ids, labels = source.index()
-    assert ids.tolist() == [f"shard-a-{i}" for i in range(7)]
+    assert ids.tolist() == [f"data/shard-a-{i}" for i in range(7)]  # the file's path below the root, then the row
     assert labels.tolist() == [s[1] for s in samples]
     assert source.class_names == ["0", "1", "2"]  # no dataset.json: numbered up to the largest label
-    renamed = [(f"shard-a-{i}", label, data) for i, (_, label, data) in enumerate(samples)]
-    _assert_rows(source, renamed, keep_ids=frozenset({"shard-a-0", "shard-a-5"}))
+    renamed = [(f"data/shard-a-{i}", label, data) for i, (_, label, data) in enumerate(samples)]
+    _assert_rows(source, renamed, keep_ids=frozenset({"data/shard-a-0", "data/shard-a-5"}))
 
 
 def test_imagefolder_round_trip_with_wnid_folders(tmp_path, ray_local):
@@ -232,10 +232,12 @@ def test_webdataset_round_trip(tmp_path, ray_local):
 
     source = open_source(str(tmp_path))
     assert isinstance(source, WebDatasetSource) and source.class_names == ["0", "1", "2"]
+    # Ids are <shard>/<key>: keys restart in every shard.
+    train = [(f"train-00000{0 if i < 5 else 1}.tar/{key}", label, data) for i, (key, label, data) in enumerate(train)]
     _assert_index(source, train)
     _assert_rows(source, train)
-    _assert_rows(source, train, keep_ids=frozenset({"img0000", "img0006"}))
-    _assert_index(open_source(str(tmp_path), split="val"), val)
+    _assert_rows(source, train, keep_ids=frozenset({"train-000000.tar/img0000", "train-000001.tar/img0006"}))
+    _assert_index(open_source(str(tmp_path), split="val"), [(f"val-000000.tar/{k}", lab, d) for k, lab, d in val])
 
 
 def test_digits_split_is_stratified_disjoint_and_fixed(ray_local):
@@ -291,7 +293,7 @@ def test_split_discovery(tmp_path):
     folders = tmp_path / "folders"
     _write_tar(folders / "train" / "shard-0.tar", _samples(4))
     _write_tar(folders / "test" / "shard-0.tar", _samples(2, start=40))
-    assert _index_ids(open_source(str(folders), "val")) == ["img0040", "img0041"]
+    assert _index_ids(open_source(str(folders), "val")) == ["shard-0.tar/img0040", "shard-0.tar/img0041"]
     assert len(open_source(str(folders)).index()[0]) == 4
 
     # A single file is the train split.

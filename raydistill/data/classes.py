@@ -10,11 +10,75 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 from raydistill.errors import UserError
 
 IMAGENET_CLASSES = 1000
 _WNID = re.compile(r"^n\d{8}$")
+# The longest file name ext4, XFS, APFS and NTFS all take, in bytes of UTF-8.
+MAX_NAME_BYTES = 255
+
+
+def _path_component_problem(name: str, suffix: str = "") -> str | None:
+    """Why `name` (followed by `suffix`) cannot be one file or folder name on every common file system, or None."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return "is a relative folder reference"
+    if "/" in name or "\\" in name:
+        return "holds a path separator (/ or \\)"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        return "holds a control character or an unpaired surrogate"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    if len((name + suffix).encode("utf-8")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES - len(suffix)} bytes of UTF-8"
+    return None
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """Rejects class names that cannot each become one folder at export, or that two classes share.
+
+    Class names come from a dataset's files (`dataset.json`, folder names), so they are untrusted: a name such as
+    "../x" would write outside the export folder, and "Cat" and "cat" are one folder on case-insensitive file systems.
+
+    Args:
+        names: the class names, in label order.
+        where: the file or folder they were read from, for the message.
+
+    Raises:
+        UserError: a name is empty, ".", "..", holds a path separator or control character, starts or ends with
+            whitespace, or is over MAX_NAME_BYTES; or two names are equal ignoring case.
+    """
+    first_of: dict[str, str] = {}
+    for name in names:
+        problem = _path_component_problem(name)
+        if problem:
+            raise UserError(f"class name {name!r} in {where} {problem}: rename the class there, since each class "
+                            f"becomes a folder of that name")
+        key = name.casefold()
+        if key in first_of:
+            same = "the same name" if first_of[key] == name else "the same name ignoring case"
+            raise UserError(f"classes {first_of[key]!r} and {name!r} in {where} have {same}, which would merge them: "
+                            f"rename one of them there")
+        first_of[key] = name
+
+
+def check_file_stem(stem: str, where: str) -> None:
+    """Rejects an image id that cannot be the stem of one file name, `<stem>.png` (the rules of `check_class_names`).
+
+    Args:
+        stem: the id.
+        where: the file it was read from, for the message.
+
+    Raises:
+        UserError: the id is empty, ".", "..", holds a path separator or control character, starts or ends with
+            whitespace, or is too long for `<stem>.png` to fit in MAX_NAME_BYTES.
+    """
+    problem = _path_component_problem(stem, ".png")
+    if problem:
+        raise UserError(f"image id {stem!r} in {where} {problem}, so it cannot be a file name: give it another id")
 
 
 @functools.lru_cache(maxsize=1)

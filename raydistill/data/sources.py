@@ -30,6 +30,9 @@ import pyarrow.parquet as pq
 import ray
 from PIL import Image
 
+from raydistill.data.classes import check_class_names
+from raydistill.data.transforms import MAX_IMAGE_BYTES
+from raydistill.digests import listing_digest
 from raydistill.errors import UserError
 from raydistill.registry import Registry
 
@@ -43,6 +46,9 @@ INDEX_CHUNK_ROWS = 65_536
 # Files (or shard rows) per Ray block when reading images: one read task handles this many.
 READ_BLOCK_ROWS = 256
 DIGITS_VAL_FRACTION = 0.2
+# Data without class names numbers its classes 0 .. largest label; a label past this is garbage, not a class (and
+# would make a list of that many names).
+MAX_UNNAMED_CLASSES = 100_000
 
 # Folder names and file-name prefixes that mark a split; "validation" counts as "val".
 _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -51,6 +57,8 @@ _SPLIT_CHOICES = {"train": ("train",), "val": ("val", "test")}
 _SPLIT_PREFIX = re.compile(r"^(train|validation|val|test)(?![a-z])", re.IGNORECASE)
 # webdataset's own rule: the key is the member path up to the first dot of its file name, the rest is the extension.
 _WEBDATASET_MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")
+_COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.zstd")
+_COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 class ImageSource(abc.ABC):
@@ -83,6 +91,12 @@ class ImageSource(abc.ABC):
 
         Returns:
             Rows `{"id": str, "label": int32, "image": bytes}` with the image still encoded (PNG, JPEG, ...).
+        """
+
+    @abc.abstractmethod
+    def content_digest(self) -> str:
+        """A digest of the data's content that changes when a file is rewritten in place under the same name (for
+        files: their relative paths, sizes and modification times, from one listing); a constant for built-in data.
         """
 
     def index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -240,12 +254,16 @@ def _extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
 
+def _is_compressed_tar(path: str) -> bool:
+    return path.lower().endswith(_COMPRESSED_TAR_SUFFIXES)
+
+
 def _detect_format(location: Location) -> str:
     extensions = {_extension(f) for f in location.files}
     if ".parquet" in extensions:
         return "parquet"
-    if ".tar" in extensions:
-        return "webdataset"
+    if ".tar" in extensions or any(_is_compressed_tar(f) for f in location.files):
+        return "webdataset"  # which refuses the compressed ones with the fix
     if any(_extension(f) in IMAGE_EXTENSIONS and "/" in _relative(f, location.base) for f in location.files):
         return "imagefolder"
     found = ", ".join(sorted(e or "(none)" for e in extensions)[:10])
@@ -308,19 +326,33 @@ def _read_class_names(location: Location) -> list[str] | None:
                 f"'classes' in {location.show(path)} must be a list of class-name strings "
                 "(index = label); fix or remove it"
             )
+        check_class_names(classes, location.show(path))
         return classes
     return None
 
 
 def _numbered_classes(source: ImageSource) -> list[str]:
-    """["0", "1", ..., str(max label)] for sources without class names, from one pass over the index."""
+    """["0", "1", ..., str(max label)] for sources without class names, from one pass over the index (whose labels
+    are below MAX_UNNAMED_CLASSES)."""
     top = max((int(labels.max()) for _, labels in source.iter_index() if len(labels)), default=-1)
     return [str(i) for i in range(top + 1)]
 
 
-def _checked_labels(values: np.ndarray, where: str) -> np.ndarray:
-    if len(values) and values.min() < 0:
-        raise UserError(f"{where} has negative label {int(values.min())}; labels must be class indices 0, 1, ...")
+def _checked_labels(values: np.ndarray, where: str, class_names: list[str] | None) -> np.ndarray:
+    """`values` as int32, once each is a class index: below the number of `class_names`, or, for data without class
+    names (None), below MAX_UNNAMED_CLASSES."""
+    if not len(values):
+        return values.astype(np.int32)
+    lowest, highest = int(values.min()), int(values.max())
+    if lowest < 0:
+        raise UserError(f"{where} has label {lowest}; labels must be class indices 0, 1, ...: fix the label")
+    if class_names is not None and highest >= len(class_names):
+        raise UserError(f"{where} has label {highest}, but the dataset.json beside it names {len(class_names)} "
+                        f"classes (labels 0..{len(class_names) - 1}): fix the label or add the class there")
+    if class_names is None and highest >= MAX_UNNAMED_CLASSES:
+        raise UserError(f"{where} has label {highest}, but data without class names may number at most "
+                        f"{MAX_UNNAMED_CLASSES} classes: fix the label, or name the classes in a dataset.json "
+                        '({"classes": [...]}) beside the data')
     return values.astype(np.int32)
 
 
@@ -341,7 +373,8 @@ def _rows(ids: pa.Array, labels: pa.Array, images: pa.Array, keep_ids: frozenset
 class ParquetSource(ImageSource):
     """Parquet shards with an `image` column (bytes, or a struct with `bytes` as HF datasets write) and `label`.
 
-    An optional `id` column names the rows; without it a row is "<file stem>-<row index in the file>".
+    An optional `id` column names the rows, each once; without it a row is "<file path below the split root, without
+    .parquet>-<row index in the file>", so equal file names in two folders give different ids.
     """
 
     def __init__(self, location: Location, split: str, files: list[str]):
@@ -388,11 +421,16 @@ class ParquetSource(ImageSource):
             )
         return "id" in schema.names
 
+    def content_digest(self) -> str:
+        return listing_digest(self._location.fs, self._location.base, self.files)
+
     def iter_index(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         columns = ["id", "label"] if self._has_id else ["label"]
+        ids_per_file: list[pa.ChunkedArray] = []
         for path in self.files:
             where = self._location.show(path)
             start = 0
+            file_ids = []
             with self._location.fs.open_input_file(path) as f:
                 parquet = self._parquet_file(f, path)
                 if self._check_schema(parquet.schema_arrow, path) != self._has_id:
@@ -404,13 +442,29 @@ class ParquetSource(ImageSource):
                     for name in columns:
                         if batch.column(name).null_count:
                             raise UserError(f"{where} has rows with no {name}; fill or drop them")
-                    labels = _checked_labels(batch.column("label").to_numpy(), where)
+                    labels = _checked_labels(batch.column("label").to_numpy(), where, self._class_names)
                     if self._has_id:
-                        ids = batch.column("id").cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+                        file_ids.append(batch.column("id").cast(pa.string()))
+                        ids = file_ids[-1].to_numpy(zero_copy_only=False).astype(object)
                     else:
-                        ids = _row_ids(path, start, len(labels))
+                        ids = _row_ids(_relative(path, self._location.base), start, len(labels))
                     start += len(labels)
                     yield ids, labels
+            ids_per_file.append(pa.chunked_array(file_ids, pa.string()))
+        if self._has_id:
+            self._check_unique(ids_per_file)
+
+    def _check_unique(self, ids_per_file: list[pa.ChunkedArray]) -> None:
+        """Rejects an id given to two rows: they would be taken for one image (keep_ids, the skip ledger)."""
+        counts = pc.value_counts(pa.chunked_array([c for ids in ids_per_file for c in ids.chunks], pa.string()))
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if not len(repeated):
+            return
+        image_id = repeated[0]["values"].as_py()
+        files = [self._location.show(path) for path, ids in zip(self.files, ids_per_file)
+                 if pc.any(pc.equal(ids, image_id)).as_py()]
+        raise UserError(f"id {image_id!r} is on more than one row of {' and '.join(files[:3])} ({len(repeated)} ids "
+                        "repeat): give every row its own id, or drop the 'id' column to number the rows")
 
     def dataset(self, keep_ids: frozenset[str] | None = None) -> ray.data.Dataset:
         fs = self._location.fs
@@ -425,17 +479,19 @@ class ParquetSource(ImageSource):
             _read_parquet_files,
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"filesystem": fs, "keep_ids": keep_ids},
+            fn_kwargs={"filesystem": fs, "base": self._location.base, "keep_ids": keep_ids},
         )
 
 
-def _row_ids(path: str, start: int, count: int) -> np.ndarray:
-    stem = posixpath.basename(path).removesuffix(".parquet")
+def _row_ids(relative_path: str, start: int, count: int) -> np.ndarray:
+    stem = posixpath.splitext(relative_path)[0]
     return np.array([f"{stem}-{i}" for i in range(start, start + count)], dtype=object)
 
 
 def _image_bytes(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    return pc.struct_field(column, "bytes") if pa.types.is_struct(column.type) else column
+    """The encoded images; a missing one becomes empty bytes (skipped as corrupt), as a null image means too large."""
+    images = pc.struct_field(column, "bytes") if pa.types.is_struct(column.type) else column
+    return pc.fill_null(images, pa.scalar(b"", images.type))
 
 
 def _parquet_rows(table: pa.Table, keep_ids: frozenset[str] | None) -> pa.Table:
@@ -443,13 +499,13 @@ def _parquet_rows(table: pa.Table, keep_ids: frozenset[str] | None) -> pa.Table:
 
 
 def _read_parquet_files(
-    batch: pa.Table, filesystem: pafs.FileSystem, keep_ids: frozenset[str] | None
+    batch: pa.Table, filesystem: pafs.FileSystem, base: str, keep_ids: frozenset[str] | None
 ) -> Iterator[pa.Table]:
     for path in batch.column("path").to_pylist():
         start = 0
         with filesystem.open_input_file(path) as f:
             for part in pq.ParquetFile(f).iter_batches(batch_size=READ_BLOCK_ROWS, columns=["label", "image"]):
-                ids = pa.array(_row_ids(path, start, part.num_rows), pa.string())
+                ids = pa.array(_row_ids(_relative(path, base), start, part.num_rows), pa.string())
                 start += part.num_rows
                 yield _rows(ids, part.column("label"), _image_bytes(part.column("image")), keep_ids)
 
@@ -477,9 +533,13 @@ class ImageFolderSource(ImageSource):
         self.split = split
         self.class_names = class_names
         self._fs = location.fs
+        self._base = location.base
         self._paths = np.array(paths, dtype=object)
         self._ids = np.array([_relative(p, location.base) for p in paths], dtype=object)
         self._labels = np.array(labels, dtype=np.int32)
+
+    def content_digest(self) -> str:
+        return listing_digest(self._fs, self._base, self._paths)
 
     def iter_index(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(self._ids), INDEX_CHUNK_ROWS):
@@ -503,10 +563,11 @@ class ImageFolderSource(ImageSource):
 
 
 def _read_image_files(batch: pa.Table, filesystem: pafs.FileSystem) -> pa.Table:
+    """The files' bytes; a file over MAX_IMAGE_BYTES is left unread as a null image (skipped as too large)."""
     images = []
     for path in batch.column("path").to_pylist():
-        with filesystem.open_input_stream(path) as f:
-            images.append(f.read())
+        with filesystem.open_input_file(path) as f:
+            images.append(f.read() if f.size() <= MAX_IMAGE_BYTES else None)
     return _rows(batch.column("id"), batch.column("label"), pa.array(images, pa.binary()), None)
 
 
@@ -540,7 +601,9 @@ def _open_imagefolder(location: Location, split: str) -> ImageFolderSource:
             )
 
     train_dir = location.split_dirs.get("train")
-    class_names = folders if split == "train" or train_dir is None else _class_folders(location, train_dir)
+    names_dir = base if split == "train" or train_dir is None else train_dir
+    class_names = _class_folders(location, names_dir) if names_dir != base else folders
+    check_class_names(class_names, location.show(names_dir))
     label_of = {name: i for i, name in enumerate(class_names)}
     unknown = [name for name in folders if name not in label_of]
     if unknown:
@@ -559,9 +622,9 @@ def _open_imagefolder(location: Location, split: str) -> ImageFolderSource:
 
 
 class WebDatasetSource(ImageSource):
-    """`*.tar` shards of samples `<key>.<ext>`: one image member (jpg, jpeg, png, webp) and a `cls` text label.
+    """Plain `*.tar` shards of samples `<key>.<ext>`: one image member (jpg, jpeg, png, webp) and a `cls` text label.
 
-    The id of a sample is its key.
+    The id of a sample is "<shard path below the split root>/<key>": keys restart in every shard.
     """
 
     def __init__(self, location: Location, split: str, shards: list[str]):
@@ -575,13 +638,17 @@ class WebDatasetSource(ImageSource):
     def class_names(self) -> list[str]:
         return self._class_names if self._class_names is not None else _numbered_classes(self)
 
+    def content_digest(self) -> str:
+        return listing_digest(self._location.fs, self._location.base, self.shards)
+
     def iter_index(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for shard in self.shards:
             where = self._location.show(shard)
-            ids, labels = [], []
+            prefix = _relative(shard, self._location.base)
+            ids, labels, seen = [], [], set()
             try:
                 for key, members in _tar_samples(self._location.fs, shard, read=("cls",)):
-                    if members.get("cls") is None:
+                    if "cls" not in members:
                         raise UserError(
                             f"sample {key!r} in {where} has no .cls member: every sample needs a text integer "
                             "class label <key>.cls"
@@ -591,11 +658,20 @@ class WebDatasetSource(ImageSource):
                             f"sample {key!r} in {where} has no image member "
                             f"({', '.join('.' + e for e in WEBDATASET_IMAGE_EXTENSIONS)})"
                         )
-                    ids.append(key)
+                    if key in seen:
+                        raise UserError(f"sample {key!r} comes twice in {where}: write each sample's members once, "
+                                        "next to each other, under keys of their own")
+                    seen.add(key)
+                    ids.append(f"{prefix}/{key}")
                     labels.append(_parse_label(members["cls"], key, where))
             except tarfile.TarError as e:
+                compression = _compression(self._location.fs, shard)
+                if compression:
+                    raise UserError(f"tar shard {where} is {compression}-compressed: decompress it to a plain .tar "
+                                    "(samples are streamed from plain tars only)") from e
                 raise UserError(f"cannot read tar shard {where}: {e}; replace or remove the shard") from e
-            yield np.array(ids, dtype=object), _checked_labels(np.array(labels, dtype=np.int64), where)
+            yield np.array(ids, dtype=object), _checked_labels(np.array(labels, dtype=object), where,
+                                                               self._class_names)
 
     def dataset(self, keep_ids: frozenset[str] | None = None) -> ray.data.Dataset:
         ds = ray.data.from_items([{"path": p} for p in self.shards], override_num_blocks=len(self.shards))
@@ -603,17 +679,17 @@ class WebDatasetSource(ImageSource):
             _read_tar_shards,
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"filesystem": self._location.fs, "keep_ids": keep_ids},
+            fn_kwargs={"filesystem": self._location.fs, "base": self._location.base, "keep_ids": keep_ids},
         )
 
 
 def _tar_samples(
     fs: pafs.FileSystem, path: str, read: tuple[str, ...]
 ) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """Streams the samples of one tar as (key, {extension: content}); only extensions in `read` have their content
-    read, the rest map to None (present, skipped)."""
+    """Streams the samples of one plain tar as (key, {extension: content}); only extensions in `read` have their
+    content read, and only up to MAX_IMAGE_BYTES: the rest map to None (present, not read)."""
     key, members = None, {}
-    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             match = _WEBDATASET_MEMBER.match(info.name) if info.isfile() else None
             if match is None:
@@ -623,12 +699,22 @@ def _tar_samples(
                 if key is not None:
                     yield key, members
                 key, members = member_key, {}
-            members[ext] = tar.extractfile(info).read() if ext in read else None
+            wanted = ext in read and info.size <= MAX_IMAGE_BYTES
+            members[ext] = tar.extractfile(info).read() if wanted else None
     if key is not None:
         yield key, members
 
 
-def _parse_label(data: bytes, key: str, where: str) -> int:
+def _compression(fs: pafs.FileSystem, path: str) -> str | None:
+    """The compression whose magic bytes start the file, if any."""
+    with fs.open_input_stream(path) as stream:
+        head = stream.read(8)
+    return next((name for magic, name in _COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _parse_label(data: bytes | None, key: str, where: str) -> int:
+    if data is None:
+        raise UserError(f"sample {key!r} in {where}: .cls is over {MAX_IMAGE_BYTES} bytes, not a class label")
     try:
         return int(data.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError) as e:
@@ -636,18 +722,20 @@ def _parse_label(data: bytes, key: str, where: str) -> int:
 
 
 def _read_tar_shards(
-    batch: pa.Table, filesystem: pafs.FileSystem, keep_ids: frozenset[str] | None
+    batch: pa.Table, filesystem: pafs.FileSystem, base: str, keep_ids: frozenset[str] | None
 ) -> Iterator[pa.Table]:
     for path in batch.column("path").to_pylist():
+        prefix = _relative(path, base)
         ids, labels, images = [], [], []
         for key, members in _tar_samples(filesystem, path, read=("cls", *WEBDATASET_IMAGE_EXTENSIONS)):
-            image = next((members[e] for e in WEBDATASET_IMAGE_EXTENSIONS if e in members), None)
+            image_id = f"{prefix}/{key}"
+            extension = next((e for e in WEBDATASET_IMAGE_EXTENSIONS if e in members), None)
             # Incomplete samples are left out of the index too (iter_index rejects them with a message).
-            if image is None or members.get("cls") is None or (keep_ids is not None and key not in keep_ids):
+            if extension is None or members.get("cls") is None or (keep_ids is not None and image_id not in keep_ids):
                 continue
-            ids.append(key)
+            ids.append(image_id)
             labels.append(int(members["cls"].decode("utf-8").strip()))
-            images.append(image)
+            images.append(members[extension])  # None when over MAX_IMAGE_BYTES: decoding skips it as too large
             if len(ids) == READ_BLOCK_ROWS:
                 yield _rows(pa.array(ids), pa.array(labels), pa.array(images, pa.binary()), None)
                 ids, labels, images = [], [], []
@@ -657,6 +745,10 @@ def _read_tar_shards(
 
 @SOURCES.register("webdataset")
 def _open_webdataset(location: Location, split: str) -> WebDatasetSource:
+    compressed = [f for f in location.files if _is_compressed_tar(f)]
+    if compressed:
+        raise UserError(f"{location.show(compressed[0])} is a compressed tar ({len(compressed)} in all): decompress "
+                        "the shards to plain .tar files (samples are streamed from plain tars only)")
     shards = [f for f in location.files if _extension(f) == ".tar"]
     if not shards:
         raise UserError(f"no *.tar shards in {location.show(location.base)!r}")
@@ -678,6 +770,9 @@ class DigitsSource(ImageSource):
         self.split = split
         self.class_names = [str(i) for i in range(10)]
         self._indices = _digits_split()[split]
+
+    def content_digest(self) -> str:
+        return "digits"  # built in: it changes only with scikit-learn's copy
 
     def iter_index(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         labels = _load_digits().target[self._indices].astype(np.int32)

@@ -20,6 +20,14 @@ logger = logging.getLogger(__name__)
 
 # Images with a shorter side are dropped as "too_small": upscaling a few pixels to the working size invents the image.
 MIN_SIDE = 8
+# Files (or tar members) above this many bytes are not read: sources hand them on as a null image, skipped as
+# "too_large", so a hostile or mislabelled huge file cannot fill a read task's memory.
+MAX_IMAGE_BYTES = 64 * 2**20
+# Images whose header claims more pixels (after JPEG's draft scaling) are skipped as "too_large" before decoding:
+# 16.7 Mpx is 50 MiB of RGB, and the header is all a decompression bomb needs to be caught by.
+MAX_PIXELS = 4096 * 4096
+# The formats the readers list (IMAGE_EXTENSIONS); Pillow's other plugins are never handed untrusted bytes.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 SKIP_REASONS = ("corrupt", "truncated", "too_small", "too_large")
 
 
@@ -78,7 +86,8 @@ def decode_image(data: bytes, size: int, crop_ratio: float = 1.0) -> np.ndarray:
     `size` x `size` keeps its exact pixels when `crop_ratio` is 1.
 
     Args:
-        data: Encoded image bytes (JPEG, PNG, BMP, WebP or anything else Pillow reads).
+        data: Encoded image bytes (JPEG, PNG, BMP or WebP), or None for an image a source left unread as over
+            MAX_IMAGE_BYTES.
         size: Side of the output square, in pixels.
         crop_ratio: Share of the resized short side the crop keeps (ImageNet evaluation: 0.875).
 
@@ -88,30 +97,37 @@ def decode_image(data: bytes, size: int, crop_ratio: float = 1.0) -> np.ndarray:
     Greyscale, palette, CMYK, 16-bit and transparent images are converted to 8-bit RGB (transparency onto white).
 
     Raises:
-        SkippedImage: If the bytes are not a readable image ("corrupt"), end early ("truncated"), the image's short
-            side is below MIN_SIDE ("too_small"), or it exceeds Pillow's decompression-bomb limit ("too_large").
+        SkippedImage: If the bytes are not a readable image of an accepted format ("corrupt"), end early
+            ("truncated"), the image's short side is below MIN_SIDE ("too_small"), or it was not read, is over
+            MAX_IMAGE_BYTES, or has more than MAX_PIXELS pixels ("too_large").
     """
     return _decode(data, size, crop_ratio)[0]
 
 
-def _decode(data: bytes, size: int, crop_ratio: float) -> tuple[np.ndarray, bool]:
+def _decode(data: bytes | None, size: int, crop_ratio: float) -> tuple[np.ndarray, bool]:
     """`decode_image`, and whether the image had to be upsampled (its short side was below `size / crop_ratio`)."""
+    if data is None or len(data) > MAX_IMAGE_BYTES:
+        raise SkippedImage("too_large", f"image file is over {MAX_IMAGE_BYTES} bytes")
     short_side = round(size / crop_ratio)
     # Pillow's decoders signal bad data with many types (OSError, SyntaxError, EOFError, struct.error, ...).
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             if min(img.size) < MIN_SIDE:
                 raise SkippedImage("too_small", f"image is {img.size[0]}x{img.size[1]}, below {MIN_SIDE} px a side")
             upsampled = min(img.size) < short_side
             # JPEG can decode at 1/2, 1/4 or 1/8 scale straight from the DCT, far faster for large photos; draft
             # keeps both sides >= the request, so the short side still reaches `short_side` before the resize.
             img.draft("RGB", (short_side, short_side))
+            if img.size[0] * img.size[1] > MAX_PIXELS:
+                raise SkippedImage("too_large", f"image is {img.size[0]}x{img.size[1]}, over {MAX_PIXELS} pixels")
             img.load()
             rgb = _to_rgb(img)
     except SkippedImage:
         raise
     except Image.DecompressionBombError as e:
         raise SkippedImage("too_large", f"image too large: {e}") from e
+    except Image.UnidentifiedImageError as e:
+        raise SkippedImage("corrupt", f"cannot decode image: not a {', '.join(ACCEPTED_FORMATS)} image") from e
     except Exception as e:
         reason = "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
         raise SkippedImage(reason, f"cannot decode image: {type(e).__name__}: {e}") from e

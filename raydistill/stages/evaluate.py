@@ -12,6 +12,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from raydistill.data import decode_dataset
+from raydistill.errors import UserError
 from raydistill.imaging import to_tensor
 from raydistill.metrics import count
 from raydistill.rundir import RunDir
@@ -74,7 +75,10 @@ def run(ctx: Context) -> StageOutput:
         num_gpus=gpus,
         num_cpus=cpus,
     ).to_pandas().sum()
-    images = int(counts["images"])
+    images = int(counts.get("images", 0))
+    if not images:
+        raise UserError(f"no usable image in the validation data {ctx.val_source.uri} ({ctx.val_source.split} split): "
+                        "it is empty or none of its images decodes; pass --val-data with JPEG, PNG, WebP or BMP images")
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for i, (variant, student, _) in enumerate(keys):
         runs.setdefault((variant.prefix or "method", student), []).append(
