@@ -54,7 +54,9 @@ def from_pretrained(cls, source: str, subfolder: str | None = None):
         if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(
                 path.suffix in PICKLE_SUFFIXES for path in folder.iterdir()):
             raise UserError(f"{folder} holds only pickled weights: {TRUST_PICKLES_HINT}")
-    return cls.from_pretrained(source, subfolder=subfolder, revision=revision, use_safetensors=not trusted)
+    # None: safetensors where present, else the pickle.
+    return cls.from_pretrained(source, subfolder=subfolder, revision=revision,
+                               use_safetensors=None if trusted else True)
 
 
 def load_config(cls, source: str, subfolder: str | None = None) -> dict:

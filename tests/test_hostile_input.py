@@ -164,7 +164,7 @@ def test_an_unwritable_out_is_one_clear_error(tmp_path):
 def fake_run(root, names: list[str], ids: list[str], labels: list[int]) -> str:
     """A run folder with a finished distilled/ set, as a tampered run folder might hold."""
     rundir = RunDir(str(root))
-    table = pa.table({"id": ids, "label": pa.array(labels, pa.int32()), "image": [png(40 * i) for i in labels],
+    table = pa.table({"id": ids, "label": pa.array(labels, pa.int32()), "image": [png(30 * (i % 8)) for i in labels],
                       "weight": [1.0] * len(ids)})
     rundir.fs.create_dir(rundir.path("distilled"))
     pq.write_table(table, rundir.path("distilled", "part-0.parquet"))
