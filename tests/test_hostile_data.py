@@ -98,6 +98,17 @@ def test_image_ids_must_be_one_file_name_with_room_for_png():
         assert repr(stem) in str(error.value) and "distilled/part-0.parquet" in str(error.value)
 
 
+def test_real_images_added_by_doping_get_ids_that_are_file_names():
+    from raydistill.stages.dope import real_image_id
+
+    source_ids = ["digits-00042", "n01440764/x.JPEG", "shard.tar/000", "n01440764%2Fx.JPEG", "k\udcff", "x" * 300]
+    ids = [real_image_id(i) for i in source_ids]
+    assert ids[:3] == ["real:digits-00042", "real:n01440764%2Fx.JPEG", "real:shard.tar%2F000"]
+    assert len(set(ids)) == len(ids)  # quoting keeps them apart
+    for image_id in ids:
+        check_file_stem(image_id, "doped/distilled")
+
+
 def test_a_class_name_that_escapes_its_folder_stops_the_run_at_once(monkeypatch, capsys, tmp_path):
     data = tmp_path / "data"
     _write_parquet(data / "train.parquet", [0, 1, 0, 1])
@@ -265,6 +276,13 @@ def test_compressed_tars_are_refused(tmp_path):
     (alone / "shard-0.tgz").write_bytes(gzip.compress(b"tar"))
     with pytest.raises(UserError, match=r"shard-0.tgz is a compressed tar"):
         open_source(str(alone))
+
+    # A stray archive beside class folders is no shard: the tree is still an ImageFolder.
+    tree = tmp_path / "tree"
+    (tree / "cat").mkdir(parents=True)
+    (tree / "cat" / "a.png").write_bytes(_png(1))
+    (tree / "backup.tar.gz").write_bytes(gzip.compress(b"old"))
+    assert open_source(str(tree)).index()[0].tolist() == ["cat/a.png"]
 
     disguised = tmp_path / "disguised"
     _write_tar(disguised / "plain.tar", _sample("a", 0))
