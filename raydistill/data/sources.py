@@ -262,10 +262,12 @@ def _detect_format(location: Location) -> str:
     extensions = {_extension(f) for f in location.files}
     if ".parquet" in extensions:
         return "parquet"
-    if ".tar" in extensions or any(_is_compressed_tar(f) for f in location.files):
-        return "webdataset"  # which refuses the compressed ones with the fix
+    if ".tar" in extensions:
+        return "webdataset"
     if any(_extension(f) in IMAGE_EXTENSIONS and "/" in _relative(f, location.base) for f in location.files):
         return "imagefolder"
+    if any(_is_compressed_tar(f) for f in location.files):
+        return "webdataset"  # which refuses them, saying to decompress them
     found = ", ".join(sorted(e or "(none)" for e in extensions)[:10])
     raise UserError(
         f"no data of a known format in {location.show(location.base)!r} (file extensions "

@@ -78,7 +78,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int, crop_ratio: float = 1.0) -> np.ndarray:
+def decode_image(data: bytes | None, size: int, crop_ratio: float = 1.0) -> np.ndarray:
     """Decodes one encoded image to an RGB `size` x `size` array.
 
     The short side is resized to `size / crop_ratio` (bicubic, antialiased when shrinking) and the centre
@@ -149,7 +149,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str = "", run: 
     """Decodes a Ray numpy batch of encoded images; unusable images are logged with their id and dropped.
 
     Args:
-        batch: Columns `id` (str), `label` (int) and `image` (encoded bytes objects).
+        batch: Columns `id` (str), `label` (int) and `image` (encoded bytes objects, None for an image a source left
+            unread as over MAX_IMAGE_BYTES).
         size: Side of the output images, in pixels.
         stage, run: tags of the decoded/skipped counters on the Ray dashboard.
         ledger: a SkipLedger that is told each dropped id and why, and each upsampled id (waited for, so none is

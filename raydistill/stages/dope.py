@@ -9,6 +9,9 @@ Data without passing through it.
 
 from __future__ import annotations
 
+import hashlib
+import urllib.parse
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +35,8 @@ from raydistill.train.models import load_teacher
 # Added real images have no prototype; their ids say where they came from.
 REAL_PROTOTYPE = -1
 REAL_PREFIX = "real:"
+# Longer source ids are hashed: the id is a file name at export, at most 255 bytes with ".png".
+MAX_REAL_STEM = 200
 
 
 class ClarityScorer:
@@ -89,9 +94,18 @@ def real_ids_in_set(ctx: Context) -> set[str]:
     return set(read_prototypes(ctx, "prototypes", ["nearest_id"]).column("nearest_id").to_pylist())
 
 
+def real_image_id(source_id: str) -> str:
+    """The distilled-set id of an added real image: "real:" and the source id percent-quoted, so that ids holding
+    "/" (ImageFolder paths, webdataset <shard>/<key>) stay apart and still make one file name at export."""
+    quoted = urllib.parse.quote(source_id, safe="", errors="surrogateescape")
+    if len(REAL_PREFIX + quoted) > MAX_REAL_STEM:
+        quoted = hashlib.sha256(source_id.encode("utf-8", "surrogateescape")).hexdigest()
+    return REAL_PREFIX + quoted
+
+
 def added_rows(batch: dict[str, np.ndarray], weights: dict[str, float], run: str) -> pa.Table:
     ids = [str(i) for i in batch["id"]]
-    return distilled_table([REAL_PREFIX + i for i in ids], batch["label"], batch["image"],
+    return distilled_table([real_image_id(i) for i in ids], batch["label"], batch["image"],
                            [weights[i] for i in ids], np.full(len(ids), REAL_PROTOTYPE), run)
 
 
