@@ -158,7 +158,7 @@ def test_killed_prior_training_resumes_and_writes_a_loadable_prior(encoded_digit
     command = [RAYDISTILL, "prior", "train", "--latents", str(encoded_digits / "latents"), "--out", str(out),
                "--preset", "tiny", "--steps", "40", "--checkpoint-every", "10", "--batch-size", "16"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_registered_checkpoint(out, "train_state/prior", process)
+    wait_for_registered_checkpoint(out, "train_state/prior-*", process)
     kill_process_tree(process.pid)
     process.wait()
     assert not (out / "training.json").exists()
