@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -12,6 +13,8 @@ import click
 from raydistill.config import PREDICTION_TYPES, PriorTrainSettings, load_config, parse_override
 from raydistill.errors import UserError
 
+# How a UserError ends a traceback that Ray keeps as text.
+USER_ERROR_LINE = re.compile(rf"^{re.escape(UserError.__module__)}\.UserError: (.+)$", re.MULTILINE)
 # Flag name -> config key; flags left unset do not override the config file.
 FLAG_KEYS = {
     "recipe": "recipe",
@@ -237,8 +240,9 @@ def main() -> None:
 
 
 def user_error_cause(error: BaseException) -> UserError | None:
-    """The innermost UserError behind an exception, also when Ray wrapped it (RayTaskError keeps a `cause`)."""
-    found, seen = None, set()
+    """The innermost UserError behind an exception, also when Ray wrapped it (RayTaskError keeps a `cause`; an
+    actor that died in its constructor keeps only the traceback's text, whose last UserError line is taken)."""
+    found, seen, outer = None, set(), error
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, UserError):
@@ -246,4 +250,7 @@ def user_error_cause(error: BaseException) -> UserError | None:
         # Ray Train keeps each worker's exception by rank.
         failures = list(getattr(error, "worker_failures", {}).values())
         error = getattr(error, "cause", None) or error.__cause__ or (failures[0] if failures else None)
+    if found is None:
+        lines = USER_ERROR_LINE.findall(str(outer))
+        found = UserError(lines[-1]) if lines else None
     return found

@@ -313,7 +313,6 @@ def prepare(config: RunConfig) -> Context:
     labels = check_prior_for(config, prior, class_names)
     if isinstance(prior, DiffusionPrior):
         prior.use_class_names(class_names, config.prior.prompt, config.prior.negative_prompt, labels)
-    rundir.write_json(to_dict(config), "config.json")
     inputs = Inputs(
         data=train_source.content_digest(), classes=tuple(class_names), prior=prior_digest(config.prior.spec),
         teacher=teacher_digest(config.train.teacher), val=val_source.content_digest() if val_source else "",
@@ -391,10 +390,12 @@ def run(config: RunConfig, only: str | None = None) -> dict:
     ctx = prepare(config)
     if ctx.val_source is None and only in (None, "evaluate"):
         raise UserError("no validation data: pass --val-data, or put a val/ or test split beside the training data")
-    connect(config.ray)
-    fingerprints = stage_fingerprints(ctx.config, ctx.inputs)
-    if only is not None:
-        return run_stage(ctx, next(s for s in STAGES if s.name == only), fingerprints, force=True)
-    for stage in STAGES:
-        run_stage(ctx, stage, fingerprints)
-    return ctx.rundir.read_json("report", "report.json")
+    with ctx.rundir.lock():
+        ctx.rundir.write_json(to_dict(ctx.config), "config.json")
+        connect(config.ray)
+        fingerprints = stage_fingerprints(ctx.config, ctx.inputs)
+        if only is not None:
+            return run_stage(ctx, next(s for s in STAGES if s.name == only), fingerprints, force=True)
+        for stage in STAGES:
+            run_stage(ctx, stage, fingerprints)
+        return ctx.rundir.read_json("report", "report.json")

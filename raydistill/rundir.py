@@ -10,8 +10,11 @@ import hashlib
 import json
 import os
 import platform
+import socket
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -19,6 +22,11 @@ import pyarrow.fs as pafs
 from raydistill.errors import UserError
 
 MARKER = "_SUCCESS.json"
+# Names the run that holds the folder: host, pid, start and a heartbeat.
+LOCK = "_LOCK.json"
+LOCK_HEARTBEAT_SECONDS = 30
+# A holder on another host whose heartbeat is older than this is taken for dead (its pid cannot be checked from here).
+LOCK_STALE_SECONDS = 300
 
 
 def _versions() -> dict[str, str]:
@@ -49,6 +57,43 @@ class RunDir:
         except (OSError, ValueError) as e:  # pyarrow's errors for bad URIs, credentials and permissions
             raise unwritable(uri, e) from e
         self.uri = uri.rstrip("/")
+
+    @contextmanager
+    def lock(self):
+        """Holds the folder for this process: a second run on it fails at once naming the holder, instead of its
+        stage resets deleting the first run's files. A holder that died (its pid gone on this host, or its heartbeat
+        stale on another) is taken over. On object stores, which have no atomic create, two runs starting within
+        the same second can both pass; the read-back after writing catches most of those."""
+        holder = self.read_lock()
+        if holder is not None and holder_alive(holder):
+            raise UserError(f"{self.uri} is in use by a run of pid {holder.get('pid')} on {holder.get('host')} "
+                            f"(since {holder.get('started_at')}): wait for it to end, or pass another --out")
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heartbeat": time.time()}
+        self.write_json(mine, LOCK)
+        if (self.read_lock() or {}).get("token") != mine["token"]:
+            raise UserError(f"{self.uri} was taken by another run starting at the same time: pass another --out")
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(LOCK_HEARTBEAT_SECONDS):
+                self.write_json({**mine, "heartbeat": time.time()}, LOCK)
+
+        heart = threading.Thread(target=beat, name="raydistill-lock", daemon=True)
+        heart.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            heart.join()
+            self.fs.delete_file(self.path(LOCK))
+
+    def read_lock(self) -> dict[str, Any] | None:
+        try:
+            holder = self.read_json(LOCK)
+        except ValueError:  # a half-written lock: its writer died mid-write
+            return None
+        return holder if isinstance(holder, dict) else None
 
     def check_writable(self) -> None:
         """Writes and removes a probe file, so a read-only folder or bucket fails before any work."""
@@ -165,3 +210,20 @@ class RunDir:
 def unwritable(uri: str, error: Exception) -> UserError:
     return UserError(f"cannot write the run folder {uri} ({error}): pass an --out you may write to (for s3:// and "
                      f"gs://, check the credentials in the environment)")
+
+
+def holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether the run that wrote a lock still runs: by its pid on this host (this very process counts as gone, as
+    only a crashed earlier run in it could have left the lock), by its heartbeat elsewhere."""
+    if holder.get("host") != socket.gethostname():
+        return time.time() - float(holder.get("heartbeat", 0)) < LOCK_STALE_SECONDS
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
