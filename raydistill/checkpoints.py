@@ -51,8 +51,7 @@ def load_state(folder: str) -> dict:
     """Reads what `save_state` wrote; a folder without its two files is refused with the fix."""
     tree_file, tensors_file = os.path.join(folder, TREE_FILE), os.path.join(folder, TENSORS_FILE)
     if not (os.path.isfile(tree_file) and os.path.isfile(tensors_file)):
-        raise UserError(f"checkpoint {folder} lacks {TREE_FILE} and {TENSORS_FILE} (written by another tool or an "
-                        f"older raydistill, which pickled them): delete the folder to train from the start")
+        raise foreign_checkpoint(folder, "the folder")
     tensors = load_file(tensors_file)
     with open(tree_file) as f:
         tree = json.load(f)
@@ -82,6 +81,9 @@ def check_checkpoints(fs: pafs.FileSystem, folder: str) -> None:
             names.setdefault(parent, set()).add(name)
     for checkpoint, files in sorted(names.items()):
         if not {TREE_FILE, TENSORS_FILE} <= files:
-            raise UserError(f"checkpoint {checkpoint} lacks {TREE_FILE} and {TENSORS_FILE} (written by another "
-                            f"tool or an older raydistill, which pickled them): delete {folder} to train from the "
-                            f"start")
+            raise foreign_checkpoint(checkpoint, folder)
+
+
+def foreign_checkpoint(checkpoint: str, to_delete: str) -> UserError:
+    return UserError(f"checkpoint {checkpoint} lacks {TREE_FILE} and {TENSORS_FILE} (written by another tool or an "
+                     f"older raydistill, which pickled them): delete {to_delete} to train from the start")

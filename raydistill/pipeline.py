@@ -20,6 +20,7 @@ from raydistill.config import (
 from raydistill.data import ImageSource, open_source
 from raydistill.data.classes import imagenet_indices, prior_labels
 from raydistill.data.selection import class_counts, select_per_class
+from raydistill.digests import local_digest
 from raydistill.errors import UserError
 from raydistill.priors import Prior, load_prior, prior_traits
 from raydistill.priors.diffusion import AUTOENCODER_FILE, DiffusionPrior, TextDiffusionPrior, require_denoiser
@@ -34,7 +35,7 @@ from raydistill.train.augment import MIXES
 from raydistill.train.loop import LR_SCHEDULES
 from raydistill.train.losses import parse_weight_transform
 from raydistill.train.models import create_student, load_teacher
-from raydistill.weights import is_hub_id, local_digest, pin_revision
+from raydistill.weights import is_hub_id, pin_revision
 
 log = logging.getLogger("raydistill")
 
@@ -97,8 +98,9 @@ def stage_inputs(stage: Stage, inputs: Inputs) -> dict:
 def prior_digest(spec: str) -> str:
     """Content digest of a prior's local weights, with the autoencoder a prior trained here names; its
     checkpoints (train_state/) are left out, since they do not change the prior."""
-    path = Path(spec.partition(":")[2]).expanduser()
-    if not spec.partition(":")[2] or not path.exists():
+    arg = spec.partition(":")[2]
+    path = Path(arg).expanduser()
+    if not arg or not path.exists():
         return ""
     digest = local_digest(path, skip=("train_state",))
     pointer = path / AUTOENCODER_FILE

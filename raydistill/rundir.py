@@ -6,7 +6,6 @@ redone from scratch (its folder is cleared first). Single files go to a temporar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from raydistill.digests import file_digest
 from raydistill.errors import UserError
 
 MARKER = "_SUCCESS.json"
@@ -162,12 +162,7 @@ class RunDir:
         return self.read_json(stage_dir, MARKER)
 
     def checksum(self, path: str) -> str:
-        """blake2b of a file, read in 8 MiB chunks so large files never sit in memory."""
-        digest = hashlib.blake2b(digest_size=16)
-        with self.fs.open_input_stream(path) as stream:
-            while chunk := stream.read(8 * 2**20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_digest(self.fs, path)
 
     def manifest(self, folders: list[str]) -> dict[str, dict[str, Any]]:
         """Every file under the folders (markers and temporary files aside): path in the run -> size, checksum."""

@@ -1,5 +1,5 @@
-"""Loading weights someone else wrote: safetensors only unless the user trusts pickles, hub ids pinned to a
-revision, and content digests so that weights changed in place redo the stages that used them.
+"""Loading weights someone else wrote: safetensors only unless the user trusts pickles, and hub ids pinned to a
+revision (their content digests are in `raydistill.digests`).
 
 A pickled checkpoint (.bin, .pt, .pth, .ckpt) runs any code its writer put in it when it is loaded, and weights are
 often fetched from shared buckets or the hub; `--trust-pickles` is the user's explicit word that they trust the
@@ -9,7 +9,6 @@ writer. A hub id is resolved to one commit before Ray starts, so every actor loa
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -89,27 +88,3 @@ def pin_revision(hub_id: str) -> str:
             return f"{hub_id}@{cached.read_text().strip()}"
     raise UserError(f"cannot resolve the revision of hub model {hub_id!r} (the hub is unreachable and it is not in "
                     f"the local cache): pass a local directory, or {hub_id}@COMMIT")
-
-
-def file_digest(path: Path) -> str:
-    """blake2b of a file's bytes, read in 8 MiB blocks."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def local_digest(path: Path, skip: tuple[str, ...] = ()) -> str:
-    """Content digest of a file, or of every file under a directory (relative paths and their bytes) except the
-    top-level entries named in `skip`; "" where the path does not exist."""
-    if path.is_file():
-        return file_digest(path)
-    if not path.is_dir():
-        return ""
-    digest = hashlib.blake2b(digest_size=16)
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path)
-        if relative.parts[0] not in skip:
-            digest.update(f"{relative.as_posix()}\0{file_digest(file)}\0".encode())
-    return digest.hexdigest()
