@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,14 @@ def run_cli(monkeypatch, capsys, *args):
         main()
     captured = capsys.readouterr()
     return exit_info.value.code, captured.err
+
+
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)*\(.*? pid=\d+(, ip=[\d.]+)?\)")
+
+
+def own_lines(err: str) -> str:
+    """stderr without what Ray forwards from its workers (its own threads' shutdown noise is not ours to fix)."""
+    return "\n".join(line for line in err.splitlines() if not RAY_WORKER_LINE.match(line))
 
 
 def png(value: int) -> bytes:
