@@ -20,14 +20,12 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    import os
-
     import ray
 
-    # As raydistill's own local Ray has it (stages/cluster.py): Ray Train reads this from the driver at each fit.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    # address="local": a Ray of the tests' own, even where `ray start` left a cluster on this machine.
-    ray.init(address="local", num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False)
+    from raydistill.config import RayConfig
+    from raydistill.stages.cluster import connect
+
+    connect(RayConfig(num_cpus=2, object_store_mb=500))  # the local Ray a run starts, so its workers see the same
     yield
     ray.shutdown()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 import ray
@@ -26,14 +27,33 @@ def connect(config: RayConfig) -> None:
         # Train V2's controller takes one report per poll (2 s by default); with a checkpoint every epoch on a small
         # distilled set that poll, not training, would set the pace. Only a Ray started here inherits this.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+        start_local_ray(config)
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def start_local_ray(config: RayConfig) -> None:
+    """A new Ray of our own, even where `ray start` or another run left one on this machine.
+
+    Ray's own actors (Train's placement-group cleaner) find their cluster by auto-discovery, which fails, or picks
+    another run's cluster, when this machine has more than one. So the GCS port is chosen here and every worker is
+    told the address.
+    """
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        gcs_port = probe.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read once, by the head node that ray.init starts
+    try:
         ray.init(
-            address="local",  # a new Ray of our own, even where `ray start` left a cluster on this machine
+            address="local",
             num_cpus=config.num_cpus,
             object_store_memory=config.object_store_mb * 2**20,
             log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_ADDRESS": address}},
         )
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    log.info("Ray resources: %s", ray.cluster_resources())
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 # Model batches per actor call: enough to amortise a call, few enough to keep every actor busy to the end.
