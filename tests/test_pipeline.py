@@ -131,7 +131,8 @@ def test_changed_training_redoes_train_and_later_and_doping_adds_the_least_clear
     for variant in ("students", "baseline", "doped"):
         scores = report[variant]["convnet3"]
         assert len(scores["top1_runs"]) == 2 and scores["top1"] == pytest.approx(np.mean(scores["top1_runs"]), abs=0.01)
-        assert scores["top1_std"] == pytest.approx(np.std(scores["top1_runs"], ddof=1), abs=0.01)
+        # The report rounds runs and std to 0.01 each: the std of the rounded runs is within 0.012 of it.
+        assert scores["top1_std"] == pytest.approx(np.std(scores["top1_runs"], ddof=1), abs=0.015)
     for prefix in ("", "baseline/", "doped/"):
         assert (out / f"{prefix}students" / "convnet3-repeat1" / "model.safetensors").is_file()
     assert "± " in (out / "report" / "report.md").read_text()
