@@ -1,7 +1,9 @@
 """Issue 20: a run submitted as a Ray job to an autoscaling cluster whose head runs no tasks and whose CPU and GPU
 worker types start from zero. The autoscaler launches workers for the run's demand, every stage runs on them, the
-outputs equal a one-node run's, and the workers go once idle."""
+outputs equal those of a one-node run made at the same time on the same machine (two Rays, each run finding its own),
+and the workers go once idle."""
 
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -44,15 +46,27 @@ def test_a_job_on_an_autoscaling_cluster_runs_on_workers_started_for_it(cluster,
     submission = cluster.wait_for(lambda: client.submit_job(entrypoint=entrypoint), "the job is submitted")
 
     nodes_seen: dict[str, dict] = {}
+    finished = threading.Event()
+
+    def watch_nodes():
+        while not finished.is_set():
+            try:
+                nodes_seen.update({node["node_id"]: node for node in cluster.alive_nodes()})
+            except Exception:
+                pass  # the state API can miss a beat while nodes join
+            time.sleep(1)
+
+    watcher = threading.Thread(target=watch_nodes, daemon=True)
+    watcher.start()
+    one_node = tmp_path / "one-node"
+    invoke("run", "--out", str(one_node), *RUN)  # on the tests' local Ray, while the job runs
     deadline = time.time() + 600
     while (status := client.get_job_status(submission)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
                                                                  JobStatus.STOPPED}:
         assert time.time() < deadline, client.get_job_logs(submission)[-3000:]
-        try:
-            nodes_seen.update({node["node_id"]: node for node in cluster.alive_nodes()})
-        except Exception:
-            pass  # the state API can miss a beat while nodes join
         time.sleep(1)
+    finished.set()
+    watcher.join()
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(submission)[-3000:]
 
     workers = {node_id: node for node_id, node in nodes_seen.items() if not node["is_head_node"]}
@@ -68,8 +82,5 @@ def test_a_job_on_an_autoscaling_cluster_runs_on_workers_started_for_it(cluster,
     assert all(node_id in gpu_workers for name, node_id in placed if "Encoder" in name)
 
     cluster.wait_for(lambda: len(cluster.alive_nodes()) == 1, "the idle workers are terminated", timeout=180)
-
-    one_node = tmp_path / "one-node"
-    invoke("run", "--out", str(one_node), *RUN)
     for folder, keys in (("latents", ["id"]), ("prototypes", ["label", "index"]), ("distilled", ["id"])):
         assert table(out / folder, keys) == table(one_node / folder, keys), folder

@@ -75,8 +75,20 @@ def gpus_per_actor(configured: float | None) -> float:
     return 1.0 if cluster_gpus() > 0 else 0.0
 
 
+def largest_node_cpus() -> float:
+    """CPUs of the biggest live node (1 while no node with CPUs has joined): one actor or worker cannot ask for more,
+    however many the cluster has in all; a request for more would wait forever."""
+    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0) or 1.0
+
+
 def cpus_per_actor(actors: int) -> float:
     """CPUs for each of `actors` CPU model actors, leaving one CPU for the read and decode tasks: a pool that
     took every CPU would wait forever for input no task can read. Shares may be fractional (two actors on a
-    3-CPU machine get one each; on a 2-CPU machine, half each)."""
-    return max(1.0, cluster_cpus() - 1) / max(actors, 1)
+    3-CPU machine get one each; on a 2-CPU machine, half each), and never exceed one node."""
+    return min(max(1.0, cluster_cpus() - 1) / max(actors, 1), largest_node_cpus())
+
+
+def cpus_per_train_worker(workers: int, spare: int = 0) -> int:
+    """Whole CPUs for each of `workers` Ray Train workers: the cluster's CPUs less `spare`, split evenly, at least 1
+    and at most one node's."""
+    return max(1, min((int(cluster_cpus()) - spare) // workers, int(largest_node_cpus())))

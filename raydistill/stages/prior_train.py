@@ -34,7 +34,7 @@ from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
     warmup_factor, write_prior_directory,
 )
-from raydistill.stages.cluster import cluster_cpus, cluster_gpus, connect
+from raydistill.stages.cluster import cluster_gpus, connect, cpus_per_train_worker
 
 log = logging.getLogger("raydistill")
 
@@ -202,8 +202,8 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
     # One CPU stays free for Ray Data's read tasks; the workers' torch threads still use every core, since reading
     # is light next to training.
-    cpus_per_worker = 1 if use_gpu else max(1, (int(cluster_cpus()) - 1) // workers)
-    threads_per_worker = 1 if use_gpu else max(1, int(cluster_cpus()) // workers)
+    cpus_per_worker = 1 if use_gpu else cpus_per_train_worker(workers, spare=1)
+    threads_per_worker = 1 if use_gpu else cpus_per_train_worker(workers)
     out_path = Path(out).expanduser().resolve()
     name = training_state_name(run, settings, workers)
     discard_other_states(out_path / "train_state", name)

@@ -21,7 +21,7 @@ from safetensors.torch import load, save
 from raydistill.checkpoints import check_checkpoints, load_state, save_state
 from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
-from raydistill.stages.cluster import cluster_cpus, cluster_gpus
+from raydistill.stages.cluster import cluster_gpus, cpus_per_train_worker
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
 from raydistill.train.losses import transform_weights
@@ -93,7 +93,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     cfg = ctx.config
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
-    cpus_per_worker = 1 if use_gpu else max(1, int(cluster_cpus()) // workers)
+    cpus_per_worker = 1 if use_gpu else cpus_per_train_worker(workers)
     settings = TrainSettings(
         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
         lr=(cfg.train.student_lr or {}).get(student, cfg.train.lr), lr_schedule=cfg.train.lr_schedule,
