@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def autoscaling_config(gcs_address: str, worker_types: dict[str, dict]) -> dict:
 
 @dataclass
 class FakeCluster:
+    """Token authentication on, as on a real cluster: `env` holds the token for Ray's CLI, `get` sends it."""
+
     temp_dir: str
     gcs_address: str
     dashboard_url: str
@@ -73,7 +77,8 @@ class FakeCluster:
         config = Path(temp_dir) / "autoscaling.json"
         config.write_text(json.dumps(autoscaling_config(gcs_address, worker_types)))
         env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-               "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
         env.pop("RAY_ADDRESS", None)
         cluster = cls(temp_dir, gcs_address, f"http://127.0.0.1:{dashboard_port}", env)
         try:
@@ -82,18 +87,32 @@ class FakeCluster:
                  f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                  f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0",
                  f"--temp-dir={temp_dir}", f"--autoscaling-config={config}", "--num-cpus=0", "--num-gpus=0",
-                 f"--object-store-memory={200 * MIB}"],
+                 f"--object-store-memory={200 * MIB}", "--disable-usage-stats"],
                 env=env, check=True, capture_output=True, text=True, timeout=180, start_new_session=True)
         except BaseException:
             cluster.stop()
             raise
         return cluster
 
-    def alive_nodes(self) -> list[dict]:
-        from ray.util.state import list_nodes
+    def get(self, url: str) -> bytes:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
 
-        return [node.__dict__ for node in list_nodes(address=self.dashboard_url, detail=True)
-                if node.state == "ALIVE"]
+    def state(self, kind: str, **filters: str) -> list[dict]:
+        """Ray's state API (`/api/v0/nodes`, `/api/v0/actors`) over HTTP, with the token."""
+        query = "".join(f"&filter_keys={key}&filter_predicates=%3D&filter_values={value}"
+                        for key, value in filters.items())
+        answer = json.loads(self.get(f"{self.dashboard_url}/api/v0/{kind}?detail=1&limit=10000{query}"))
+        return answer["data"]["result"]["result"]
+
+    def alive_nodes(self) -> list[dict]:
+        return [node for node in self.state("nodes") if node["state"] == "ALIVE"]
+
+    def metrics_endpoints(self) -> list[str]:
+        """Every live node's Prometheus endpoint, from the file Ray writes for Prometheus's service discovery."""
+        groups = json.loads((Path(self.temp_dir) / "prom_metrics_service_discovery.json").read_text())
+        return [f"http://{target}/metrics" for group in groups for target in group["targets"]]
 
     def wait_for(self, predicate, what: str, timeout: float = 300):
         deadline = time.time() + timeout
