@@ -158,6 +158,28 @@ def verify(run_dir: str) -> None:
         raise click.exceptions.Exit(1)
 
 
+@cli.command()
+@click.argument("folder", default="runs")
+def runs(folder: str) -> None:
+    """List the runs in FOLDER (default: runs) and its subfolders: method, IPC, each stage's state, top-1."""
+    from raydistill.pipeline import STAGE_NAMES, list_runs
+
+    found = list_runs(folder)
+    if not found:
+        click.echo(f"no raydistill run in {folder}")
+        return
+    rows = [["run", "method", "ipc", *STAGE_NAMES, "top-1 distilled / random"]]
+    for run in found:
+        baseline = run["top1"].get("baseline", {})
+        top1 = ", ".join(f"{student} {score:.2f} / " + (f"{baseline[student]:.2f}" if student in baseline else "-")
+                         for student, score in run["top1"].get("students", {}).items())
+        rows.append([run["run"] + (" (running)" if run["running"] else ""), run["method"], str(run["ipc"]),
+                     *(run["stages"][stage] for stage in STAGE_NAMES), top1 or "-"])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
 @cli.group()
 def prior() -> None:
     """Train a class-conditional DiT prior on a run's latents, or measure one."""

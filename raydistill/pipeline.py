@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
 
 from raydistill.config import (
     RunConfig, fingerprint, resolve, to_dict, with_absolute_paths,
@@ -26,7 +29,7 @@ from raydistill.priors import Prior, load_prior, prior_traits
 from raydistill.priors.diffusion import AUTOENCODER_FILE, DiffusionPrior, TextDiffusionPrior, require_denoiser
 from raydistill.quantize import QUANTIZERS
 from raydistill.quantize.kmeans import ALGORITHMS, PROTOTYPE_NORMS
-from raydistill.rundir import RunDir
+from raydistill.rundir import RunDir, holder_alive
 from raydistill.stages.context import Context, Inputs, StageOutput
 from raydistill.stages.quantize import check_class_sizes
 from raydistill.stages.synthesize import DECODERS, img2img_timestep
@@ -379,6 +382,36 @@ def verify(run_uri: str) -> dict[str, list[str]]:
     if not found:
         raise UserError(f"{run_uri} holds no finished stage; pass the --out folder of a raydistill run")
     return found
+
+
+def list_runs(folder_uri: str) -> list[dict[str, Any]]:
+    """The raydistill runs in `folder_uri` and its direct subfolders (a run is a folder with a config.json): each
+    one's method, IPC, whether a live process holds it, each stage's state (done, started: its folder exists without
+    a marker, or not started) and the report's top-1 of the method's students and of the random baseline."""
+    uri = folder_uri.rstrip("/") if "://" in folder_uri else os.path.abspath(folder_uri)
+    fs, root = pafs.FileSystem.from_uri(uri)  # not a RunDir, which would create the folder
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise UserError(f"{folder_uri} is not a folder; pass the folder that holds your runs (their --out folders)")
+    folders = [(uri, root)] + sorted((f"{uri}/{info.base_name}", info.path)
+                                     for info in fs.get_file_info(pafs.FileSelector(root))
+                                     if info.type == pafs.FileType.Directory)
+    runs = []
+    for run_uri, run_root in folders:
+        if fs.get_file_info(f"{run_root}/config.json").type != pafs.FileType.File:
+            continue
+        rundir = RunDir(run_uri)
+        config = rundir.read_json("config.json")
+        holder = rundir.read_lock()
+        report = rundir.read_json("report", "report.json") or {}
+        runs.append({
+            "run": run_uri, "method": config["quantize"]["method"], "ipc": config["quantize"]["ipc"],
+            "running": holder is not None and holder_alive(holder),
+            "stages": {stage.name: "done" if rundir.marker(stage.folder) is not None
+                       else "started" if rundir.exists(stage.folder) else "-" for stage in STAGES},
+            "top1": {variant: {student: scores["top1"] for student, scores in report[variant].items()}
+                     for variant in ("students", "baseline") if report.get(variant)},
+        })
+    return runs
 
 
 def run(config: RunConfig, only: str | None = None) -> dict:

@@ -30,6 +30,27 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def live_process():
+    """The pid of a process that lives through the test: a lock holder other than the test's own process."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def plant_lock(folder: Path, **holder) -> None:
+    import json
+
+    from raydistill.rundir import LOCK
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK).write_text(json.dumps({"started_at": "2026-12-02T00:00:00+0000", **holder}))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

@@ -95,6 +95,11 @@ def test_bad_input_gives_one_clear_line(monkeypatch, capsys, tmp_path, args, mes
     assert "Traceback" not in err and err.startswith("error: ")
 
 
+def test_runs_of_a_missing_folder_says_so_and_creates_nothing(monkeypatch, capsys, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, "runs", str(tmp_path / "nowhere"))
+    assert code == 2 and "nowhere is not a folder" in err and not (tmp_path / "nowhere").exists()
+
+
 def test_empty_data_folder(monkeypatch, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, err = run_cli(monkeypatch, capsys, "run", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))

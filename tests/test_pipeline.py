@@ -3,6 +3,8 @@ export."""
 
 import json
 import shutil
+import socket
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,10 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import invoke
+from conftest import invoke, plant_lock
 from raydistill.cli import cli
 from raydistill.data import decode_dataset, open_source
 from raydistill.imaging import to_tensor
+from raydistill.pipeline import list_runs
 from raydistill.rundir import RunDir
 from raydistill.stages.train import load_student
 from raydistill.synthesize.doping import clarity
@@ -137,6 +140,26 @@ def test_changed_training_redoes_train_and_later_and_doping_adds_the_least_clear
         assert (out / f"{prefix}students" / "convnet3-repeat1" / "model.safetensors").is_file()
     assert "± " in (out / "report" / "report.md").read_text()
     assert "least clear real (doped)" in (out / "report" / "report.md").read_text()
+
+
+def test_runs_lists_each_run_with_its_stages_and_top1(digits_run, tmp_path, live_process):
+    out, _ = digits_run
+    shutil.copytree(out, tmp_path / "finished")
+    partial = tmp_path / "partial"  # killed during quantize, and held by a live process
+    plant_lock(partial, host=socket.gethostname(), pid=live_process, heartbeat=time.time())
+    shutil.copy(out / "config.json", partial)
+    shutil.copytree(out / "latents", partial / "latents")
+    (partial / "prototypes").mkdir()
+    found = {run["run"].rsplit("/", 1)[1]: run for run in list_runs(str(tmp_path))}
+    printed = invoke("runs", str(tmp_path)).output
+    assert set(found) == {"finished", "partial"}
+    assert found["partial"]["running"] and not found["finished"]["running"]
+    assert found["partial"]["stages"] == {"encode": "done", "quantize": "started", "synthesize": "-", "train": "-",
+                                          "dope": "-", "evaluate": "-", "report": "-"}
+    assert set(found["finished"]["stages"].values()) == {"done"} and found["finished"]["ipc"] == 5
+    top1 = json.loads((out / "report" / "report.json").read_text())["students"]["convnet3"]["top1"]
+    assert found["finished"]["top1"]["students"] == {"convnet3": top1} and found["partial"]["top1"] == {}
+    assert "partial (running)" in printed and f"convnet3 {top1:.2f} / " in printed
 
 
 def test_export_writes_an_image_folder(digits_run, tmp_path):

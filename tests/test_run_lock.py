@@ -2,29 +2,15 @@
 
 import json
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
+from conftest import plant_lock
 from raydistill.errors import UserError
 from raydistill.rundir import LOCK, LOCK_STALE_SECONDS, RunDir
 
 from test_errors import run_cli
-
-
-@pytest.fixture
-def live_process():
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process.pid
-    process.kill()
-    process.wait()
-
-
-def plant_lock(folder, **holder):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCK).write_text(json.dumps({"started_at": "2026-12-02T00:00:00+0000", **holder}))
 
 
 def test_a_live_holder_on_this_host_keeps_the_folder(tmp_path, live_process):
