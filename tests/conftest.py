@@ -113,6 +113,13 @@ def wait_for_registered_checkpoint(out: Path, run_pattern: str, process, accept=
         time.sleep(0.1)
 
 
+def table(path: Path, sort: list[str]) -> list[dict]:
+    """A parquet folder's rows in the order of the `sort` columns: outputs compared regardless of block order."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).sort_by([(key, "ascending") for key in sort]).to_pylist()
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (a local Ray's head processes and workers descend from the driver)."""
     import os

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,9 @@ from pathlib import Path
 import ray
 
 from conftest import process_tree
+from raydistill.stages.cluster import free_port
 
 MIB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
 
 
 def autoscaling_config(gcs_address: str, worker_types: dict[str, dict]) -> dict:

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import invoke
+from conftest import invoke, table
 from fake_cluster import MIB, FakeCluster
 
 BIN = Path(sys.executable).parent
@@ -29,10 +28,6 @@ WORKER_TYPES = {"cpu_worker": {"CPU": 1, "object_store_memory": 200 * MIB},
 COUNTERS = {"raydistill_images_encoded_total", "raydistill_images_decoded_total", "raydistill_classes_quantized_total",
             "raydistill_prototypes_synthesized_total", "raydistill_images_trained_total"}
 METRIC_LINE = re.compile(r'^ray_(raydistill_\w+)\{[^}]*run="([^"]*)"[^}]*\} ([0-9.e+]+)$', re.M)
-
-
-def table(path, keys):
-    return pq.read_table(path).sort_by([(key, "ascending") for key in keys]).to_pylist()
 
 
 @pytest.fixture

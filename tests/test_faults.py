@@ -10,17 +10,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import actor_processes, invoke, kill_process_tree, wait_for_registered_checkpoint
+from conftest import actor_processes, invoke, kill_process_tree, table, wait_for_registered_checkpoint
 
 RAYDISTILL = str(Path(sys.executable).parent / "raydistill")
 # A quantizer slow enough (d3hr's group search over 30,000 candidates per class) that the kill lands while classes
 # are still being quantized.
 ARGS = ["--ipc", "3", "--max-per-class", "40", "--method", "d3hr", "--space", "latent", "--set",
         "quantize.candidates=30000", "--set", "evaluate.baseline=false"]
-
-
-def table(path: Path, sort: list[str]) -> list[dict]:
-    return pq.read_table(path).sort_by([(key, "ascending") for key in sort]).to_pylist()
 
 
 def run_stages(stages: tuple[str, ...], *args: str) -> None:

@@ -32,6 +32,13 @@ def connect(config: RayConfig) -> None:
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
+def free_port() -> int:
+    """A TCP port no process listens on now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
 def start_local_ray(config: RayConfig) -> None:
     """A new Ray of our own, even where `ray start` or another run left one on this machine.
 
@@ -39,9 +46,7 @@ def start_local_ray(config: RayConfig) -> None:
     another run's cluster, when this machine has more than one. So the GCS port is chosen here and every worker is
     told the address.
     """
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        gcs_port = probe.getsockname()[1]
+    gcs_port = free_port()
     address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read once, by the head node that ray.init starts
     try:
