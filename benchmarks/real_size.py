@@ -19,6 +19,7 @@ OUT/results.jsonl and prints, last, one JSON line with all of them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -109,12 +110,13 @@ SMALLEST = "ddoq-latent"  # no inversion: the VAE encodes, and DiT img2img decod
 SAMPLE_SECONDS = 0.5
 
 
-def build_dit(folder: Path) -> None:
-    """A random DiT-XL/2-256 in the facebook/DiT-XL-2-256 layout: transformer/, vae/, scheduler/."""
+def build_dit(folder: Path, layers: int = DIT_XL_2["num_layers"]) -> None:
+    """A random DiT-XL/2-256 in the facebook/DiT-XL-2-256 layout: transformer/, vae/, scheduler/. Fewer `layers`
+    than its 28 keep every shape but the depth, for a quick check of everything but the model's cost."""
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(**DIT_XL_2)
+    transformer = DiTTransformer2DModel(**{**DIT_XL_2, "num_layers": layers})
     # diffusers zero-initialises DiT's adaLN modulation and output layers: left so, it predicts exactly zero noise.
     perturb_zero_parameters(transformer)
     transformer.save_pretrained(folder / "transformer")
@@ -275,9 +277,9 @@ def dit_passes(run: Path, train_timesteps: int = 1000) -> dict[str, int]:
     return passes
 
 
-def gpu_rates(markers: dict[str, dict], run: Path) -> dict:
-    """Images/s of encode and synthesize and, on a DiT prior, the share of the GPU's dense bf16 peak that their DiT
-    passes imply (a lower bound: the stage seconds include start-up and the VAE)."""
+def gpu_rates(markers: dict[str, dict], run: Path, full_depth: bool) -> dict:
+    """Images/s of encode and synthesize and, on a full-depth DiT-XL prior, the share of the GPU's dense bf16 peak
+    that their DiT passes imply (a lower bound: the stage seconds include start-up and the VAE)."""
     device = torch.cuda.get_device_name()
     peak = next((tflops for name, tflops in BF16_PEAK_TFLOPS.items() if name in device), None)
     rates = {"device": device}
@@ -287,7 +289,7 @@ def gpu_rates(markers: dict[str, dict], run: Path) -> dict:
             continue
         images_per_s = markers[stage]["rows"] / markers[stage]["seconds"]
         rates[f"{stage}_images_per_s"] = round(images_per_s, 2)
-        if passes.get(stage) and peak:
+        if passes.get(stage) and peak and full_depth:
             rates[f"{stage}_bf16_peak_share"] = round(images_per_s * passes[stage] * DIT_XL_GFLOPS / 1e3 / peak, 4)
     return rates
 
@@ -299,7 +301,8 @@ def error_line(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
-def run_case(case: str, data: Path, out: Path, models: dict[str, str], steps: int, student: str) -> dict:
+def run_case(case: str, data: Path, out: Path, models: dict[str, str], steps: int, student: str,
+             full_depth: bool) -> dict:
     """Runs one case from scratch and gathers its numbers."""
     run, log = out / case, out / f"{case}.log"
     shutil.rmtree(run, ignore_errors=True)  # a rerun would skip the finished stages and time nothing
@@ -330,7 +333,7 @@ def run_case(case: str, data: Path, out: Path, models: dict[str, str], steps: in
     if exit_code:
         result["error"] = error_line(log)
     if torch.cuda.is_available() and markers:
-        result.update(gpu_rates(markers, run))
+        result.update(gpu_rates(markers, run, full_depth))
     return result
 
 
@@ -371,6 +374,8 @@ def main() -> None:
     parser.add_argument("--student", default="convnet3", help="a raydistill student or timm model name")
     parser.add_argument("--models", type=Path, default=Path("runs/real-size/models"))
     parser.add_argument("--out", type=Path, default=Path("runs/real-size"))
+    parser.add_argument("--dit-layers", type=int, default=DIT_XL_2["num_layers"],
+                        help="DiT-XL/2's depth; fewer check every shape at a fraction of the cost (no bf16 share)")
     parser.add_argument("--smallest", action="store_true", help=f"run only {SMALLEST}, the cheapest case")
     args = parser.parse_args()
     if args.images_per_class < IPC:
@@ -378,15 +383,17 @@ def main() -> None:
     out, cases = args.out.resolve(), [SMALLEST] if args.smallest else args.cases
     out.mkdir(parents=True, exist_ok=True)
     needed = {name for case in cases for flag in CASES[case] for name in ("dit", "sd") if f"{{{name}}}" in flag}
-    builders = {"dit": ("dit-xl-2-256", build_dit), "sd": ("sd-v1-5", build_sd)}
+    full_depth = args.dit_layers == DIT_XL_2["num_layers"]
+    dit_folder = "dit-xl-2-256" if full_depth else f"dit-xl-2-256-{args.dit_layers}-layers"
+    builders = {"dit": (dit_folder, functools.partial(build_dit, layers=args.dit_layers)), "sd": ("sd-v1-5", build_sd)}
     builds = {name: ensure_model(args.models.resolve() / builders[name][0], builders[name][1]) for name in needed}
     models = {name: build["path"] for name, build in builds.items()}
     data = make_dataset(out / f"data-{args.images_per_class}-per-class", args.images_per_class)
     results = []
     for case in cases:
         state = git_state()  # per case: the code may change between cases while a long run goes on
-        result = {**run_case(case, data, out, models, args.steps, args.student), **state,
-                  "steps": args.steps, "images_per_class": args.images_per_class, "student": args.student}
+        result = {**run_case(case, data, out, models, args.steps, args.student, full_depth), **state,
+                  "dit_layers": args.dit_layers, "steps": args.steps, "images_per_class": args.images_per_class, "student": args.student}
         print(f"{case}: exit {result['exit_code']} after {result['run_seconds']:.0f} s", flush=True)
         with (out / "results.jsonl").open("a") as lines:
             lines.write(json.dumps(result) + "\n")

@@ -32,14 +32,15 @@ MIB = 2**20
 
 def autoscaling_config(gcs_address: str, worker_types: dict[str, dict]) -> dict:
     """A head that runs no tasks (as cluster/aws.yaml's) and worker types that scale from zero, idle ones going after
-    6 s."""
+    a minute: as in aws.yaml (10 minutes), longer than the gaps between one run's stages. With 6 s, the GPU worker
+    left while training ran and a CI run's evaluation waited forever for the one that replaced it."""
     node_types = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
     for name, resources in worker_types.items():
         node_types[name] = {"resources": resources, "node_config": {}, "min_workers": 0, "max_workers": 1}
     return {
         "cluster_name": "fake-multinode",
         "max_workers": len(worker_types),
-        "idle_timeout_minutes": 0.1,
+        "idle_timeout_minutes": 1,
         "upscaling_speed": 1.0,
         "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": gcs_address},
@@ -102,6 +103,11 @@ class FakeCluster:
 
     def alive_nodes(self) -> list[dict]:
         return [node for node in self.state("nodes") if node["state"] == "ALIVE"]
+
+    def autoscaler_log(self, characters: int = 3000) -> str:
+        """The end of the autoscaler's log: which nodes it launched and terminated, and the demand it saw."""
+        log = Path(self.temp_dir) / "session_latest" / "logs" / "monitor.log"
+        return log.read_text(errors="replace")[-characters:] if log.is_file() else "(no autoscaler log)"
 
     def metrics_endpoints(self) -> list[str]:
         """Every live node's Prometheus endpoint, from the file Ray writes for Prometheus's service discovery."""

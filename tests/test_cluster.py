@@ -95,7 +95,9 @@ def test_a_job_on_an_autoscaling_cluster_runs_on_workers_started_for_it(cluster,
     job_url = f"{cluster.dashboard_url}/api/jobs/{submission}"
     deadline = time.time() + 600
     while (job := json.loads(cluster.get(job_url)))["status"] not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-        assert time.time() < deadline, "the job did not finish"
+        if time.time() > deadline:
+            logs = json.loads(cluster.get(f"{job_url}/logs"))["logs"][-3000:]
+            raise AssertionError(f"the job did not finish\n{logs}\n{cluster.autoscaler_log()}")
         time.sleep(1)
     time.sleep(3)  # one more look at the workers' endpoints: they export every few seconds
     watcher.finished.set()
