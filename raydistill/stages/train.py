@@ -19,6 +19,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load, save
 
 from raydistill.checkpoints import check_checkpoints, load_state, save_state
+from raydistill import config as run_config
 from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
 from raydistill.stages.cluster import cluster_gpus, cpus_per_train_worker
@@ -86,6 +87,17 @@ def student_folder(student: str, repeat: int) -> str:
     return f"students/{student}" if repeat == 0 else f"students/{student}-repeat{repeat}"
 
 
+def train_settings(cfg: run_config.RunConfig, student: str, repeat: int) -> TrainSettings:
+    """The loop's settings for one student of a run, seeded by the run's seed plus `repeat`."""
+    return TrainSettings(
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+        lr=(cfg.train.student_lr or {}).get(student, cfg.train.lr), lr_schedule=cfg.train.lr_schedule,
+        weight_decay=cfg.train.weight_decay, temperature=cfg.train.temperature,
+        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed + repeat, mix=cfg.train.mix,
+        mix_alpha=cfg.train.mix_alpha,
+    )
+
+
 def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str, repeat: int = 0,
                   weight_transform: str | None = None) -> dict:
     """Trains one student on a variant's distilled/ and writes its `student_folder`, seeded by the run's seed plus
@@ -94,13 +106,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
     cpus_per_worker = 1 if use_gpu else cpus_per_train_worker(workers)
-    settings = TrainSettings(
-        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-        lr=(cfg.train.student_lr or {}).get(student, cfg.train.lr), lr_schedule=cfg.train.lr_schedule,
-        weight_decay=cfg.train.weight_decay, temperature=cfg.train.temperature,
-        min_crop_scale=cfg.train.min_crop_scale, seed=cfg.seed + repeat, mix=cfg.train.mix,
-        mix_alpha=cfg.train.mix_alpha,
-    )
+    settings = train_settings(cfg, student, repeat)
     out = variant.folder(student_folder(student, repeat))
     run_name = f"{variant.prefix or 'method'}-{out.rsplit('/', 1)[-1]}"
     files = ctx.rundir.files(variant.folder("distilled"), suffix=".parquet")

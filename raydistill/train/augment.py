@@ -1,47 +1,68 @@
-"""Batched training augmentation on uint8 image tensors: RandomResizedCrop + horizontal flip."""
+"""Batched training augmentation on image tensors: RandomResizedCrop + horizontal flip, CutMix and Mixup, each a few
+tensor ops on the whole batch, on the device the batch is on."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
+from torch.nn import functional as F
+
+# RandomResizedCrop's aspect ratios, 3/4 to 4/3, drawn uniformly in log space; and its number of tries.
+LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+CROP_TRIES = 10
+
+
+def crop_boxes(n: int, height: int, width: int, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomResizedCrop parameters for `n` images at once, from `generator` (torch's global RNG is left
+    alone): per image, the first of 10 draws (area scale in [min_scale, 1], ratio in [3/4, 4/3]) whose box fits, else
+    the whole image (torchvision's fallback for an image whose own ratio is within [3/4, 4/3]).
+
+    Returns:
+        (n, 4) float64 boxes (left, top, right, bottom) in pixel edges: the box covers pixels left..right-1.
+    """
+    scale = min_scale + (1 - min_scale) * torch.rand(n, CROP_TRIES, generator=generator, dtype=torch.float64)
+    ratio = torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(*LOG_RATIO, generator=generator).exp()
+    target = height * width * scale
+    w, h = torch.round(torch.sqrt(target * ratio)), torch.round(torch.sqrt(target / ratio))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does)
+    found = fits.any(dim=1)
+    w = torch.where(found, w.gather(1, first).squeeze(1), float(width))
+    h = torch.where(found, h.gather(1, first).squeeze(1), float(height))
+    top = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (height - h + 1))
+    left = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (width - w + 1))
+    return torch.stack([left, top, left + w, top + h], dim=1)
 
 
 def augment(images: torch.Tensor, size: int, min_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """Random resized crop (area scale [min_scale, 1], ratio 3/4-4/3) and a coin-flip mirror per image.
+    """Random resized crop (`crop_boxes`) resampled to `size` and a coin-flip mirror per image, for the whole batch:
+    one affine sampling grid per image and one `grid_sample`.
+
+    Sampling is bilinear at the same pixel centres as torchvision's resize (align_corners=False), which is what its
+    antialiased resize does when enlarging: the students train at their set's own size, so a crop is never larger
+    than the output. (Points within half a pixel of a crop's edge read the pixel beyond it where the image has one;
+    torchvision repeats the edge pixel.)
 
     Args:
         images: (N, 3, H, W) float in [0, 1].
         size: output side.
         min_scale: lowest crop area as a fraction of the image.
-        generator: the seeded source of randomness (torch's global RNG is left alone).
+        generator: the seeded source of randomness, on the CPU.
 
     Returns:
         (N, 3, size, size) float in [0, 1].
     """
-    out = torch.empty(images.shape[0], 3, size, size, dtype=images.dtype, device=images.device)
-    height, width = images.shape[-2:]
-    area = height * width
-    for i, image in enumerate(images):
-        # torchvision's get_params draws from the global RNG; draw the crop from ours instead.
-        for _ in range(10):
-            target = area * (min_scale + (1 - min_scale) * torch.rand(1, generator=generator).item())
-            log_ratio = torch.empty(1).uniform_(-0.2877, 0.2877, generator=generator).exp().item()
-            w = int(round((target * log_ratio) ** 0.5))
-            h = int(round((target / log_ratio) ** 0.5))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-                break
-        else:
-            top, left, h, w = 0, 0, height, width
-        crop = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-        if torch.rand(1, generator=generator).item() < 0.5:
-            crop = crop.flip(-1)
-        out[i] = crop
-    return out
-
-
+    n, channels, height, width = images.shape
+    left, top, right, bottom = crop_boxes(n, height, width, min_scale, generator).unbind(dim=1)
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
+    # Output coordinate u in [-1, 1] (pixel edges) to input coordinate: u * (crop / side) + (crop centre, normalised).
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2] = mirror * (right - left) / width, (left + right) / width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = (bottom - top) / height, (top + bottom) / height - 1
+    grid = F.affine_grid(theta.to(images.device, images.dtype), [n, channels, size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 MIXES = ("cutmix", "mixup", "none")
