@@ -84,6 +84,17 @@ def check_checkpoints(fs: pafs.FileSystem, folder: str) -> None:
             raise foreign_checkpoint(checkpoint, folder)
 
 
+def remove_unregistered_checkpoints(fs: pafs.FileSystem, folder: str, result) -> None:
+    """Deletes the checkpoint folders in a finished Ray Train run's storage `folder` that its `result` does not keep:
+    those a worker wrote but a killed driver or worker never registered. Ray Train deletes only the ones it
+    registered, so each crash would otherwise leave one or two behind for good."""
+    kept = {checkpoint.path.rstrip("/").rsplit("/", 1)[-1] for checkpoint, _ in result.best_checkpoints}
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") \
+                and info.base_name not in kept:
+            fs.delete_dir(info.path)
+
+
 def foreign_checkpoint(checkpoint: str, to_delete: str) -> UserError:
     return UserError(f"checkpoint {checkpoint} lacks {TREE_FILE} and {TENSORS_FILE} (written by another tool or an "
                      f"older raydistill, which pickled them): delete {to_delete} to train from the start")

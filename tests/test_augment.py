@@ -22,7 +22,8 @@ def test_crop_boxes_draw_torchvision_distribution_of_area_aspect_and_place():
     theirs = np.array([RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(DRAWS)])
     t_top, t_left, t_h, t_w = theirs.T
     for name, mine, reference in (("area", w * h, t_w * t_h), ("aspect", w / h, t_w / t_h),
-                                  ("centre x", left + w / 2, t_left + t_w / 2), ("centre y", top + h / 2, t_top + t_h / 2)):
+                                  ("centre x", left + w / 2, t_left + t_w / 2),
+                                  ("centre y", top + h / 2, t_top + t_h / 2)):
         assert ks_2samp(mine, reference).pvalue > 1e-3, name
     # The test has power: the same statistic tells a narrower scale range apart.
     narrower = crop_boxes(DRAWS, HEIGHT, WIDTH, 0.2, torch.Generator().manual_seed(0)).numpy()

@@ -1,15 +1,18 @@
-"""Issue 5: mixing with weights, the weighted loss across worker counts, exact resume of the training loop (a killed
-training run: tests/test_faults.py)."""
+"""Issue 5: mixing with weights, the weighted loss across worker counts, exact resume of the training loop and the
+checkpoints kept (a killed training run: tests/test_faults.py)."""
 
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import torch
+from ray.train import Checkpoint
 
-from raydistill.checkpoints import load_state, save_state
+from raydistill.checkpoints import load_state, remove_unregistered_checkpoints, save_state
 from raydistill.train.augment import mix_batch
 from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
 
@@ -100,6 +103,17 @@ def test_student_trainer_learns_and_resumes_exactly(tmp_path):
     assert resumed.train_epoch()["loss"] == pytest.approx(trainer.train_epoch()["loss"], rel=1e-6)
     cutmix = tiny_trainer()
     assert np.isfinite([cutmix.train_epoch()["loss"] for _ in range(2)]).all()
+
+
+def test_checkpoints_a_crash_left_unregistered_are_removed_and_the_kept_ones_stay(tmp_path):
+    for name in ("checkpoint_1", "checkpoint_2", "checkpoint_3", "checkpoint_4"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text("{}")
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")
+    kept = [(Checkpoint(str(tmp_path / name)), {}) for name in ("checkpoint_3", "checkpoint_4")]
+    remove_unregistered_checkpoints(pafs.LocalFileSystem(), str(tmp_path), SimpleNamespace(best_checkpoints=kept))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_3", "checkpoint_4",
+                                                          "checkpoint_manager_snapshot.json"]
 
 
 def test_no_weight_decay_on_norm_layers_and_biases():

@@ -25,7 +25,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raydistill.checkpoints import check_checkpoints, load_state, save_state
+from raydistill.checkpoints import check_checkpoints, load_state, remove_unregistered_checkpoints, save_state
 from raydistill.config import PriorTrainSettings, RayConfig, fingerprint
 from raydistill.errors import UserError
 from raydistill.metrics import record
@@ -222,6 +222,7 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     )
     started = time.perf_counter()
     result = trainer.fit()
+    remove_unregistered_checkpoints(pafs.LocalFileSystem(), str(out_path / "train_state" / name), result)
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
     ema = build()

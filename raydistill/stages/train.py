@@ -18,7 +18,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load, save
 
-from raydistill.checkpoints import check_checkpoints, load_state, save_state
+from raydistill.checkpoints import check_checkpoints, load_state, remove_unregistered_checkpoints, save_state
 from raydistill import config as run_config
 from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
@@ -136,6 +136,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     )
     start = time.perf_counter()
     result = trainer.fit()
+    remove_unregistered_checkpoints(ctx.rundir.fs, f"{storage}/{run_name}", result)
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
     ctx.rundir.write_bytes(save({k: v.contiguous() for k, v in state["model"].items()}), out, "model.safetensors")
