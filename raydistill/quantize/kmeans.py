@@ -13,20 +13,46 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-from sklearn.cluster import MiniBatchKMeans, kmeans_plusplus
+from sklearn.cluster import MiniBatchKMeans
 
 from raydistill.quantize.base import QUANTIZERS, Quantization
 from raydistill.quantize.metrics import nearest, voronoi_counts
 
 
+def kmeans_plusplus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ seeds (Arthur and Vassilvitskii 2007, with 2 + ln k candidates per seed as scikit-learn
+    draws them): each next seed is the candidate, drawn with probability proportional to the squared distance to
+    the nearest seed so far, that lowers the summed squared distance most.
+
+    By hand rather than sklearn's `kmeans_plusplus`: the same algorithm in float32 matrix products, 2.4x faster on
+    classes of 1,300 x 4,096 at k = 100 (0.29 s against 0.69 s with Lloyd after it) at equal distortion
+    (benchmarks/quantize_speed.py), and seeding was 90 % of the quantizer's time.
+    """
+    rng = np.random.default_rng(seed)
+    n, trials = len(x), 2 + int(np.log(k))
+    squared_norms = np.einsum("ij,ij->i", x, x)
+    first = int(rng.integers(n))
+    chosen = [first]
+    closest = np.maximum(squared_norms - 2 * (x @ x[first]) + squared_norms[first], 0)
+    for _ in range(1, k):
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1]), n - 1)
+        distances = squared_norms[None] - 2 * (x[candidates] @ x.T) + squared_norms[candidates, None]
+        distances = np.minimum(closest[None], np.maximum(distances, 0))
+        best = int(distances.sum(axis=1).argmin())
+        closest = distances[best]
+        chosen.append(int(candidates[best]))
+    return x[chosen]
+
+
 def _kmeans(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int) -> np.ndarray:
-    """1. Lloyd's algorithm (faiss) from k-means++ seeds (sklearn), best of `restarts` seeded runs; every point
-    counts (no subsampling). k-means++ seeding matters: from faiss's own random seeds, Lloyd stops about 13 % above
+    """1. Lloyd's algorithm (faiss) from k-means++ seeds, best of `restarts` seeded runs; every point counts (no
+    subsampling). k-means++ seeding matters: from faiss's own random seeds, Lloyd stops about 13 % above
     MiniBatchKMeans's distortion on clustered data (benchmarks/quantize_speed.py)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     best, best_distortion = None, np.inf
     for run in range(restarts):
-        seeds, _ = kmeans_plusplus(x, k, random_state=seed + run)
+        seeds = kmeans_plusplus(x, k, seed + run)
         kmeans = faiss.Kmeans(
             x.shape[1],
             k,
