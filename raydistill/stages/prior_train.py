@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raydistill.checkpoints import check_checkpoints, load_state, remove_unregistered_checkpoints, save_state
@@ -34,7 +34,8 @@ from raydistill.priors.training import (
     build_dit, denoising_loss, disable_builtin_label_dropout, ema_copy, ema_decay_at, ema_update, is_held_out,
     warmup_factor, write_prior_directory,
 )
-from raydistill.stages.cluster import cluster_gpus, connect, cpus_per_train_worker
+from raydistill.stages.cluster import (apply_train_log_level, cluster_gpus, connect, cpus_per_train_worker,
+                                       train_log_level)
 
 log = logging.getLogger("raydistill")
 
@@ -84,6 +85,7 @@ def training_dataset(folder: str, holdout: float) -> ray.data.Dataset:
 
 
 def prior_train_worker(config: dict) -> None:
+    apply_train_log_level(config["log_level"])
     settings: PriorTrainSettings = config["settings"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -212,11 +214,13 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
         prior_train_worker,
         train_loop_config={"settings": settings, "build": build, "alphas": linear_schedule().astype(np.float32),
                            "null_class": null_class, "prediction_type": prediction_type, "latent_scale": scale,
-                           "latent_shape": shape, "threads_per_worker": threads_per_worker, "name": out_path.name},
+                           "latent_shape": shape, "threads_per_worker": threads_per_worker, "name": out_path.name,
+                           "log_level": train_log_level()},
         datasets={"train": training_dataset(run["folder"], settings.holdout)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(out_path / "train_state"),
+                             logging_config=LoggingConfig(log_level=train_log_level()),
                              failure_config=FailureConfig(max_failures=3),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )

@@ -14,7 +14,7 @@ import time
 import pyarrow.parquet as pq
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load, save
 
@@ -22,7 +22,7 @@ from raydistill.checkpoints import check_checkpoints, load_state, remove_unregis
 from raydistill import config as run_config
 from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
-from raydistill.stages.cluster import cluster_gpus, cpus_per_train_worker
+from raydistill.stages.cluster import apply_train_log_level, cluster_gpus, cpus_per_train_worker, train_log_level
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
 from raydistill.train.losses import transform_weights
@@ -31,6 +31,7 @@ from raydistill.train.models import create_student, load_teacher
 
 def train_worker(config: dict) -> None:
     """Runs on every Ray Train worker: load the distilled set, resume if a checkpoint exists, train, report."""
+    apply_train_log_level(config["log_level"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, config["cpus_per_worker"]))
@@ -121,13 +122,14 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
-            "trust_pickles": cfg.trust_pickles,
+            "trust_pickles": cfg.trust_pickles, "log_level": train_log_level(),
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
         ),
         run_config=RunConfig(
             name=run_name,
+            logging_config=LoggingConfig(log_level=train_log_level()),
             storage_path=storage,
             storage_filesystem=ctx.rundir.fs,
             failure_config=FailureConfig(max_failures=3),
