@@ -385,7 +385,8 @@ def main() -> None:
     needed = {name for case in cases for flag in CASES[case] for name in ("dit", "sd") if f"{{{name}}}" in flag}
     full_depth = args.dit_layers == DIT_XL_2["num_layers"]
     dit_folder = "dit-xl-2-256" if full_depth else f"dit-xl-2-256-{args.dit_layers}-layers"
-    builders = {"dit": (dit_folder, functools.partial(build_dit, layers=args.dit_layers)), "sd": ("sd-v1-5", build_sd)}
+    builders = {"dit": (dit_folder, functools.partial(build_dit, layers=args.dit_layers)),
+                "sd": ("sd-v1-5", build_sd)}
     builds = {name: ensure_model(args.models.resolve() / builders[name][0], builders[name][1]) for name in needed}
     models = {name: build["path"] for name, build in builds.items()}
     data = make_dataset(out / f"data-{args.images_per_class}-per-class", args.images_per_class)
@@ -393,7 +394,8 @@ def main() -> None:
     for case in cases:
         state = git_state()  # per case: the code may change between cases while a long run goes on
         result = {**run_case(case, data, out, models, args.steps, args.student, full_depth), **state,
-                  "dit_layers": args.dit_layers, "steps": args.steps, "images_per_class": args.images_per_class, "student": args.student}
+                  "dit_layers": args.dit_layers, "steps": args.steps, "images_per_class": args.images_per_class,
+                  "student": args.student}
         print(f"{case}: exit {result['exit_code']} after {result['run_seconds']:.0f} s", flush=True)
         with (out / "results.jsonl").open("a") as lines:
             lines.write(json.dumps(result) + "\n")

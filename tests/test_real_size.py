@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_smallest_real_size_case_runs_at_the_real_resolution_and_labels(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.real_size", "--smallest", "--steps", "2", "--images-per-class", "2", "--dit-layers", "1",
-         "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "benchmarks.real_size", "--smallest", "--steps", "2", "--images-per-class", "2",
+         "--dit-layers", "1", "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (case,) = json.loads(result.stdout.strip().splitlines()[-1])["results"]

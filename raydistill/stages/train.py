@@ -18,8 +18,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load, save
 
-from raydistill.checkpoints import check_checkpoints, load_state, remove_unregistered_checkpoints, save_state
 from raydistill import config as run_config
+from raydistill.checkpoints import check_checkpoints, load_state, remove_unregistered_checkpoints, save_state
 from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
 from raydistill.stages.cluster import apply_train_log_level, cluster_gpus, cpus_per_train_worker, train_log_level
