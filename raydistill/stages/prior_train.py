@@ -210,17 +210,18 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     name = training_state_name(run, settings, workers)
     discard_other_states(out_path / "train_state", name)
     check_checkpoints(pafs.LocalFileSystem(), str(out_path / "train_state" / name))
+    log_level = train_log_level()
     trainer = TorchTrainer(
         prior_train_worker,
         train_loop_config={"settings": settings, "build": build, "alphas": linear_schedule().astype(np.float32),
                            "null_class": null_class, "prediction_type": prediction_type, "latent_scale": scale,
                            "latent_shape": shape, "threads_per_worker": threads_per_worker, "name": out_path.name,
-                           "log_level": train_log_level()},
+                           "log_level": log_level},
         datasets={"train": training_dataset(run["folder"], settings.holdout)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(out_path / "train_state"),
-                             logging_config=LoggingConfig(log_level=train_log_level()),
+                             logging_config=LoggingConfig(log_level=log_level),
                              failure_config=FailureConfig(max_failures=3),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )

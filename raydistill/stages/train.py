@@ -113,6 +113,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     files = ctx.rundir.files(variant.folder("distilled"), suffix=".parquet")
     storage = ctx.rundir.path("train_state", fingerprint)
     check_checkpoints(ctx.rundir.fs, f"{storage}/{run_name}")
+    log_level = train_log_level()  # the driver's, for Ray Train's controller and, through the config, its workers
     distilled_rows = sum(pq.read_metadata(f, filesystem=ctx.rundir.fs).num_rows for f in files)
     trainer = TorchTrainer(
         train_worker,
@@ -122,14 +123,14 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
-            "trust_pickles": cfg.trust_pickles, "log_level": train_log_level(),
+            "trust_pickles": cfg.trust_pickles, "log_level": log_level,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
         ),
         run_config=RunConfig(
             name=run_name,
-            logging_config=LoggingConfig(log_level=train_log_level()),
+            logging_config=LoggingConfig(log_level=log_level),
             storage_path=storage,
             storage_filesystem=ctx.rundir.fs,
             failure_config=FailureConfig(max_failures=3),
