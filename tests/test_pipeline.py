@@ -47,6 +47,8 @@ def test_report_has_the_promised_keys_and_sane_values(digits_run):
     assert report["skipped_images"] == 0
     assert (out / "report" / "grid.png").stat().st_size > 1000
     assert "top-1" in (out / "report" / "report.md").read_text()
+    page = (out / "report" / "index.html").read_text()
+    assert page.count("<h3>") == 10 and page.count("random real subset</h4>") == 10 and "Voronoi weights" in page
     assert "convnet3: top-1" in printed and "random real subset" in printed
 
 

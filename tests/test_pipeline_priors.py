@@ -48,6 +48,9 @@ def test_d3hr_and_ddoq_on_inverted_noise_with_a_diffusion_prior(ray_local, tmp_p
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["method"] == "d3hr" and "baseline" not in report and not (out / "baseline").exists()
     assert report["stages"]["evaluate"]["rows"] == 359  # the digits' held-out split, as --val-data names it
+    assert report["quantization"]["space"] == "noise" and not report["quantization"]["voronoi_weights"]
+    summary = (out / "report" / "report.md").read_text()
+    assert "## Quantization (noise space: DDIM-inverted latents" in summary and "Voronoi (DDOQ)" not in summary
 
     for stage in ("quantize", "synthesize"):  # on the same latents; the later stages do not depend on the method
         invoke(stage, "--method", "ddoq", "--space", "noise", *common)
