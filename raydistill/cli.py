@@ -128,7 +128,7 @@ def _stage_command(name: str) -> None:
     cli.command(name=name)(run_options(command))
 
 
-for _stage in ("encode", "quantize", "synthesize", "train", "dope", "evaluate", "report"):
+for _stage in ("encode", "quantize", "synthesize", "train", "dope", "reference", "evaluate", "report"):
     _stage_command(_stage)
 
 

@@ -227,6 +227,9 @@ class EvaluateConfig:
 
     Attributes:
         baseline: also train and evaluate a random real subset of the same size with the same protocol.
+        full_data: also train hard-label students on every real training image (and, where the students learn
+            from a teacher, on the distilled set), so the report gives DD-Ranking's HLR, IOR and LRS. Each worker
+            holds the whole training set at `data.image_size`: CIFAR- or ImageNette-sized data, not ImageNet-1K.
         crop_ratio: validation images are resized so their short side is `data.image_size / crop_ratio`, then
             centre-cropped to `data.image_size` (ImageNet's Resize(256) + CenterCrop(224) is 0.875); None: by the
             students' size (`resolve`).
@@ -235,6 +238,7 @@ class EvaluateConfig:
     """
 
     baseline: bool = True
+    full_data: bool = False
     crop_ratio: float | None = None
     batch_size: int = resource(256)
     actors: int = resource(1)

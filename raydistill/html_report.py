@@ -131,9 +131,10 @@ def w2_chart(per_class: list[dict], names: list[str], weighted: bool) -> str:
 
 
 def render(report: dict, gallery: list[GalleryClass], set_names: list[tuple[str, str]], summary: list[str],
-           quantization: tuple[str, list[str]], chart_classes: int) -> str:
+           quantization: tuple[str, list[str]], ranking: list[str], chart_classes: int) -> str:
     """The whole page. `set_names` pairs the report's result keys with their row labels, `summary` is the lines under
-    the title and `quantization` the section's title and notes, as the Markdown report words them."""
+    the title, `quantization` the section's title and notes and `ranking` DD-Ranking's lines (none where the run
+    trained no full-data students), as the Markdown report words them."""
     names = [c["display_name"] for c in report["classes"]]
     title, notes = quantization
     per_class = report["quantization"]["per_class"][:chart_classes]
@@ -145,6 +146,8 @@ def render(report: dict, gallery: list[GalleryClass], set_names: list[tuple[str,
         "".join(f"<p>{escape(line)}</p>" for line in summary),
         "<h2>Students (top-1 / top-5 on the validation split)</h2>",
         results_html(report, set_names),
+        ("<h3>DD-Ranking: hard label recovery (HLR), improvement over random (IOR), label-robust score (LRS)</h3>"
+         "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in ranking) + "</ul>") if ranking else "",
         f"<h2>Distilled images: {shown} of {len(names)} classes</h2>",
         gallery_html(gallery),
         f"<h2>{escape(title)}</h2>",

@@ -30,6 +30,7 @@ from raydistill.priors.diffusion import AUTOENCODER_FILE, DiffusionPrior, TextDi
 from raydistill.quantize import QUANTIZERS
 from raydistill.quantize.kmeans import ALGORITHMS, PROTOTYPE_NORMS
 from raydistill.rundir import RunDir, holder_alive
+from raydistill.runlog import run_log
 from raydistill.stages.context import Context, Inputs, StageOutput
 from raydistill.stages.quantize import check_class_sizes
 from raydistill.stages.synthesize import DECODERS, img2img_timestep
@@ -75,6 +76,7 @@ STAGES = (
     Stage("synthesize", "distilled", lambda c: (c.synthesize, c.data.image_size), per_variant=True),
     Stage("train", "students", lambda c: (c.train,), per_variant=True, reads=("teacher",)),
     Stage("dope", "doped", lambda c: (c.dope,)),
+    Stage("reference", "reference", lambda c: (c.evaluate.full_data,)),
     Stage("evaluate", "evaluation", lambda c: (c.data.val, c.evaluate.crop_ratio), reads=("val",)),
     Stage("report", "report", lambda c: ()),
 )
@@ -332,7 +334,7 @@ def prepare(config: RunConfig) -> Context:
 
 def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: bool = False) -> dict:
     """Runs one stage unless its marker matches; returns the marker."""
-    from raydistill.stages import dope, encode, evaluate, quantize, report, synthesize, train
+    from raydistill.stages import dope, encode, evaluate, quantize, reference, report, synthesize, train
 
     marker = ctx.rundir.marker(stage.folder)
     if marker and marker["fingerprint"] == fingerprints[stage.name] and not force:
@@ -351,8 +353,8 @@ def run_stage(ctx: Context, stage: Stage, fingerprints: dict[str, str], force: b
     log.info("%s: running", stage.name)
     start = time.perf_counter()
     runners = {"encode": encode.run, "synthesize": synthesize.run, "evaluate": evaluate.run, "report": report.run}
-    if stage.name in ("quantize", "train", "dope"):  # they resume unfinished work recorded under their fingerprint
-        resumable = {"quantize": quantize.run, "train": train.run, "dope": dope.run}
+    if stage.name in ("quantize", "train", "dope", "reference"):  # they resume work recorded under their fingerprint
+        resumable = {"quantize": quantize.run, "train": train.run, "dope": dope.run, "reference": reference.run}
         output: StageOutput = resumable[stage.name](ctx, fingerprints[stage.name])
     else:
         output = runners[stage.name](ctx)
@@ -425,7 +427,7 @@ def run(config: RunConfig, only: str | None = None) -> dict:
     ctx = prepare(config)
     if ctx.val_source is None and only in (None, "evaluate"):
         raise UserError("no validation data: pass --val-data, or put a val/ or test split beside the training data")
-    with ctx.rundir.lock():
+    with ctx.rundir.lock(), run_log(ctx.rundir, only or "run"):
         ctx.rundir.write_json(to_dict(ctx.config), "config.json")
         connect(config.ray)
         fingerprints = stage_fingerprints(ctx.config, ctx.inputs)

@@ -105,7 +105,7 @@ def test_a_job_on_an_autoscaling_cluster_runs_on_workers_started_for_it(cluster,
     logs = json.loads(cluster.get(f"{job_url}/logs"))["logs"]
     assert job["status"] == "SUCCEEDED", logs[-3000:]
     # The job log reads as the console does: Ray Train's per-epoch lines only under -v.
-    assert "raydistill: train:" in logs and "Reporting training result" not in logs
+    assert "raydistill: train:" in logs and "Reporting training result" not in logs and "Execution plan" not in logs
 
     workers = {node_id: node for node_id, node in watcher.nodes.items() if not node["is_head_node"]}
     gpu_workers = {node_id for node_id, node in workers.items() if node["resources_total"].get("GPU")}

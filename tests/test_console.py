@@ -1,11 +1,14 @@
-"""Issue 22, the console: Ray Train's per-epoch lines only under -v (a run's job log: tests/test_cluster.py)."""
+"""Issue 22, the console: Ray Train's per-epoch lines and Ray Data's INFO lines only under -v, all of them in
+RUN/logs/ (a run's job log: tests/test_cluster.py; on an object store: tests/test_object_storage.py)."""
 
 import importlib
 import logging
 
 import pytest
 
-from raydistill.stages.cluster import apply_train_log_level, train_log_level
+from raydistill.rundir import RunDir
+from raydistill.runlog import run_log
+from raydistill.stages.cluster import apply_train_log_level, quiet_ray_console, train_log_level
 
 
 @pytest.fixture
@@ -30,3 +33,53 @@ def test_ray_trains_report_lines_follow_the_console_level(levels_restored):
     assert not reporting.isEnabledFor(logging.INFO)
     apply_train_log_level("INFO")
     assert reporting.isEnabledFor(logging.INFO)
+
+
+@pytest.fixture
+def ray_console_restored():
+    """Ray's and Ray Data's console handlers and Ray Data's issue detectors, as they were."""
+    import ray.data
+
+    handlers = [h for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers]
+    levels = [h.level for h in handlers]
+    detectors = ray.data.DataContext.get_current().issue_detectors_config
+    before = list(detectors.detectors)
+    yield
+    for handler, level in zip(handlers, levels):
+        handler.setLevel(level)
+    detectors.detectors = before
+
+
+def _console_levels() -> set[int]:
+    return {h.level for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)}
+
+
+def test_ray_data_info_lines_and_memory_advice_leave_the_console_unless_verbose(levels_restored,
+                                                                                ray_console_restored):
+    import ray.data
+
+    root, _ = levels_restored
+    root.setLevel(logging.WARNING)
+    quiet_ray_console()
+    assert _console_levels() == {logging.WARNING}
+    detectors = ray.data.DataContext.get_current().issue_detectors_config.detectors
+    assert detectors and "HighMemoryIssueDetector" not in {d.__name__ for d in detectors}
+    root.setLevel(logging.INFO)
+    quiet_ray_console()
+    assert _console_levels() == {logging.INFO}
+
+
+def test_the_run_log_keeps_info_lines_of_raydistill_ray_and_ray_data(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="raydistill")
+    rundir = RunDir(str(tmp_path / "run"))
+    with run_log(rundir, "run") as name:
+        logging.getLogger("ray.data").info("Execution plan of Dataset d1")
+        logging.getLogger("ray.data").debug("a scheduler detail")
+        logging.getLogger("raydistill").info("encode: running")
+        assert (tmp_path / "run" / "logs" / name).exists()  # written as lines come, so a killed driver leaves it
+    text = (tmp_path / "run" / "logs" / name).read_text()
+    assert name.startswith("run-") and "Execution plan of Dataset d1" in text and "encode: running" in text
+    assert "a scheduler detail" not in text
+    logging.getLogger("ray.data").info("after the run")
+    assert "after the run" not in (tmp_path / "run" / "logs" / name).read_text()

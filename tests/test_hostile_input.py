@@ -227,7 +227,7 @@ def redone(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return [stage for stage in before if before[stage] != after[stage]]
 
 
-ALL = ["encode", "quantize", "synthesize", "train", "dope", "evaluate", "report"]
+ALL = ["encode", "quantize", "synthesize", "train", "dope", "reference", "evaluate", "report"]
 
 
 def test_data_changed_in_place_redoes_every_stage(digits_dataset, tmp_path):
@@ -260,7 +260,7 @@ def test_teacher_weights_changed_in_place_redo_training_onwards(digits_dataset, 
     torch.manual_seed(1)
     save_file(create_student("cifar-resnet20", 3, 32).state_dict(), str(teacher))
     after = fingerprints_of(digits_dataset, tmp_path, train={"teacher": f"cifar-resnet20:{teacher}"})
-    assert redone(before, after) == ["train", "dope", "evaluate", "report"]
+    assert redone(before, after) == ["train", "dope", "reference", "evaluate", "report"]
 
 
 def test_prior_weights_changed_in_place_redo_every_stage(digits_dataset, saved_dit, tmp_path):

@@ -65,6 +65,7 @@ def test_a_run_on_s3_resumes_from_the_bucket_and_verifies(s3, tmp_path):
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Execution plan" not in rerun.stderr  # Ray Data's INFO lines: in RUN/logs/ only, checked below
     assert json.loads(fs.open_input_file("bucket/run/latents/_SUCCESS.json").readall()) == encoded  # not redone
     report = json.loads(fs.open_input_file("bucket/run/report/report.json").readall())
     assert report["num_classes"] == 3 and report["students"]["convnet3"]["top1"] >= 0
@@ -75,6 +76,8 @@ def test_a_run_on_s3_resumes_from_the_bucket_and_verifies(s3, tmp_path):
     written = [info.path for info in fs.get_file_info(pafs.FileSelector("bucket/run", recursive=True))
                if info.type == pafs.FileType.File]
     assert any(path.endswith("config.json") for path in written)
+    logs = [fs.open_input_file(path).readall().decode() for path in written if path.startswith("bucket/run/logs/")]
+    assert any("Execution plan" in log and "report: running" in log for log in logs)  # the rerun's
     for path in written:
         content = fs.open_input_file(path).readall()
         assert SECRET_KEY.encode() not in content and ACCESS_KEY.encode() not in content, path

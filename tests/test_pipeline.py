@@ -157,7 +157,7 @@ def test_runs_lists_each_run_with_its_stages_and_top1(digits_run, tmp_path, live
     assert set(found) == {"finished", "partial"}
     assert found["partial"]["running"] and not found["finished"]["running"]
     assert found["partial"]["stages"] == {"encode": "done", "quantize": "started", "synthesize": "-", "train": "-",
-                                          "dope": "-", "evaluate": "-", "report": "-"}
+                                          "dope": "-", "reference": "-", "evaluate": "-", "report": "-"}
     assert set(found["finished"]["stages"].values()) == {"done"} and found["finished"]["ipc"] == 5
     top1 = json.loads((out / "report" / "report.json").read_text())["students"]["convnet3"]["top1"]
     assert found["finished"]["top1"]["students"] == {"convnet3": top1} and found["partial"]["top1"] == {}

@@ -10,7 +10,8 @@ from PIL import Image
 
 from raydistill.html_report import GalleryClass, Tile, render
 from raydistill.imaging import png_bytes
-from raydistill.stages.report import GRID_CLASSES, markdown, quantization_section, set_names, summary_lines
+from raydistill.stages.report import (GRID_CLASSES, markdown, quantization_section, ranking_section, set_names,
+                                      summary_lines)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -50,7 +51,7 @@ def _gallery(report: dict) -> list[GalleryClass]:
 
 def _page(report: dict) -> str:
     return render(report, _gallery(report), set_names(report), summary_lines(report), quantization_section(report),
-                  chart_classes=GRID_CLASSES)
+                  ranking_section(report), chart_classes=GRID_CLASSES)
 
 
 def test_ddoq_quantization_section_compares_voronoi_and_uniform_weights():
@@ -84,7 +85,7 @@ def test_the_page_is_self_contained_and_labels_classes_and_weights():
     assert all(s.startswith("data:image/jpeg") and len(s) < 8_000 for s in sources)
     small = Tile(png_bytes(np.zeros((32, 32, 3), np.uint8)))
     assert 'src="data:image/png' in render(_report(), [GalleryClass("tench", [small], [])], [], [],
-                                           ("t", []), GRID_CLASSES)  # small images stay lossless
+                                           ("t", []), [], GRID_CLASSES)  # small images stay lossless
 
 
 def _chromium(html_path, png_path) -> list[str]:

@@ -8,6 +8,8 @@ import socket
 import sys
 
 import ray
+import ray.data
+from ray.util.debug import log_once
 
 from raydistill.config import RayConfig
 
@@ -21,15 +23,39 @@ def connect(config: RayConfig) -> None:
     """
     if ray.is_initialized():
         return
+    quiet_ray_console()
     if config.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=config.address, log_to_driver=True)
+        started = ray.init(address=config.address, log_to_driver=True)
     else:
         # Train V2's controller takes one report per poll (2 s by default); with a checkpoint every epoch on a small
         # distilled set that poll, not training, would set the pace. Only a Ray started here inherits this.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-        start_local_ray(config)
+        started = start_local_ray(config)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    log.info("Ray resources: %s", ray.cluster_resources())
+    resources = ray.cluster_resources()
+    log.info("Ray: %g CPUs, %g GPUs%s", resources.get("CPU", 0), resources.get("GPU", 0),
+             f"; dashboard http://{started.dashboard_url}" if started.dashboard_url else "")
+
+
+def quiet_ray_console() -> None:
+    """Unless -v, Ray's and Ray Data's INFO lines (a Ray started, each dataset's execution plan, sink and finish
+    lines) leave the console; they stay in Ray Data's log file and in RUN/logs/ (`runlog.run_log`).
+
+    Two of Ray Data's warnings are not for the user: its high-memory advice names `memory=` arguments of calls
+    raydistill makes, measuring a process's whole RSS (torch's libraries included) against a decode task's share,
+    so that detector is off; and the notice that progress bars are off (stderr is no terminal) is spent up front.
+    """
+    level = logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.WARNING
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(level)
+    context = ray.data.DataContext.get_current()
+    context.issue_detectors_config.detectors = [
+        detector for detector in context.issue_detectors_config.detectors
+        if detector.__name__ != "HighMemoryIssueDetector"]
+    if not sys.stderr.isatty():
+        log_once("ray_data_progress_manager_disabled")  # Ray Data warns once per process, keyed by this name
 
 
 def train_log_level() -> str:
@@ -53,7 +79,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_local_ray(config: RayConfig) -> None:
+def start_local_ray(config: RayConfig) -> "ray._private.worker.RayContext":
     """A new Ray of our own, even where `ray start` or another run left one on this machine.
 
     Ray's own actors (Train's placement-group cleaner) find their cluster by auto-discovery, which fails, or picks
@@ -64,7 +90,7 @@ def start_local_ray(config: RayConfig) -> None:
     address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read once, by the head node that ray.init starts
     try:
-        ray.init(
+        return ray.init(
             address="local",
             num_cpus=config.num_cpus,
             object_store_memory=config.object_store_mb * 2**20,

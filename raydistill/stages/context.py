@@ -13,18 +13,34 @@ from raydistill.rundir import RunDir
 
 @dataclass(frozen=True)
 class DistilledVariant:
-    """One set the run distils and trains on: the method's own, or the random real baseline beside it.
+    """One set the run trains students on: the method's own, the random real baseline beside it, the doped set, or
+    one of DD-Ranking's hard-label references.
 
     Attributes:
-        prefix: folder inside the run ("" for the method, "baseline" for the baseline).
-        method: the quantizer that made it.
+        prefix: folder inside the run ("" for the method, "baseline", "doped", "reference/full", "reference/hard").
+        method: the quantizer that made it ("real" for the whole real training set).
+        trains_on: the prefix whose distilled/ its students train on, where not its own ("": the method's set).
+        hard_labels: its students learn the labels by cross-entropy, even where train.teacher gives soft labels.
     """
 
     prefix: str
     method: str
+    trains_on: str | None = None
+    hard_labels: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its name in results and Ray Train run names: "method", "baseline", "doped", "full" or "hard"."""
+        return self.prefix.rsplit("/", 1)[-1] or "method"
 
     def folder(self, stage: str) -> str:
         return f"{self.prefix}/{stage}" if self.prefix else stage
+
+    @property
+    def distilled(self) -> str:
+        """The distilled/ folder its students train on."""
+        source = self.prefix if self.trains_on is None else self.trains_on
+        return f"{source}/distilled" if source else "distilled"
 
 
 @dataclass(frozen=True)
@@ -85,9 +101,21 @@ class Context:
         return DistilledVariant("doped", self.config.quantize.method) if self.config.dope.count else None
 
     @property
+    def references(self) -> list[DistilledVariant]:
+        """DD-Ranking's hard-label students, where `evaluate.full_data`: on every real training image, and on the
+        method's set where its students learn from a teacher (without one, they are hard-label students already)."""
+        if not self.config.evaluate.full_data:
+            return []
+        references = [DistilledVariant("reference/full", "real", hard_labels=True)]
+        if self.config.train.teacher:
+            references.append(DistilledVariant("reference/hard", self.config.quantize.method, trains_on="",
+                                               hard_labels=True))
+        return references
+
+    @property
     def evaluated_variants(self) -> list[DistilledVariant]:
         """Every set whose students the evaluate stage scores."""
-        return self.variants + ([self.doped] if self.doped else [])
+        return self.variants + ([self.doped] if self.doped else []) + self.references
 
 
 @dataclass(frozen=True)

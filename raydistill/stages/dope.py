@@ -27,7 +27,7 @@ from raydistill.stages.cluster import BATCHES_PER_CALL, cpus_per_actor, gpus_per
 from raydistill.stages.context import Context, StageOutput
 from raydistill.stages.encode import model_device
 from raydistill.stages.synthesize import distilled_table, read_prototypes
-from raydistill.stages.train import load_student, student_folder, student_runs, train_student
+from raydistill.stages.train import load_student, student_folder, train_students
 from raydistill.synthesize.doping import clarity, doped_weights, lowest_clarity
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import load_teacher
@@ -155,7 +155,5 @@ def run(ctx: Context, fingerprint: str) -> StageOutput:
     if ctx.doped is None:
         return StageOutput(rows=0, extra={"added_images": 0})
     added = dope(ctx)
-    trained = {student_folder(student, repeat): train_student(ctx, ctx.doped, student, fingerprint, repeat,
-                                                              weight_transform="none")
-               for student, repeat in student_runs(ctx)}
+    trained = train_students(ctx, ctx.doped, "dope", fingerprint, weight_transform="none")
     return StageOutput(rows=added["added_images"], extra={**added, "students": trained})

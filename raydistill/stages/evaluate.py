@@ -81,7 +81,7 @@ def run(ctx: Context) -> StageOutput:
                         "it is empty or none of its images decodes; pass --val-data with JPEG, PNG, WebP or BMP images")
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for i, (variant, student, _) in enumerate(keys):
-        runs.setdefault((variant.prefix or "method", student), []).append(
+        runs.setdefault((variant.key, student), []).append(
             (100.0 * counts[f"top1_{i}"] / images, 100.0 * counts[f"top5_{i}"] / images))
     results: dict[str, dict] = {}
     for (variant, student), scores in runs.items():

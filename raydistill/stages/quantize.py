@@ -175,5 +175,5 @@ def run(ctx: Context, fingerprint: str) -> StageOutput:
     for variant in ctx.variants:
         written, stats = run_variant(ctx, variant, sorted(counts), fingerprint)
         rows += written
-        extra[variant.prefix or "method"] = summarise(stats)
+        extra[variant.key] = summarise(stats)
     return StageOutput(rows=rows, extra=extra)

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from raydistill.config import to_dict
 from raydistill.html_report import GalleryClass, Tile, render, score_cell
 from raydistill.imaging import png_decode
+from raydistill.ranking import label_robust_scores
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, StageOutput
 
@@ -68,7 +69,32 @@ def set_names(report: dict) -> list[tuple[str, str]]:
     """The report's result keys in table order, with the row label each set gets."""
     doped = report.get("doping", {}).get("added_images")
     return [("students", "distilled"), ("baseline", "random real (baseline)"),
-            ("doped", f"distilled + {doped} least clear real (doped)")]
+            ("doped", f"distilled + {doped} least clear real (doped)"),
+            ("hard_labels", "distilled, hard labels (DD-Ranking)"),
+            ("full_data", "every real training image, hard labels (DD-Ranking)")]
+
+
+def ranking_section(report: dict) -> list[str]:
+    """DD-Ranking's numbers per student, where the run trained its full-data students (`evaluate.full_data`)."""
+    lines = []
+    for student, scores in report.get("label_robustness", {}).items():
+        parts = [f"HLR {scores['hlr']['mean']:.2f} ± {scores['hlr']['std']:.2f}"]
+        if "lrs" in scores:
+            parts += [f"IOR {scores['ior']['mean']:+.2f} ± {scores['ior']['std']:.2f}",
+                      f"LRS {scores['lrs']['mean']:.2f} ± {scores['lrs']['std']:.2f} %"]
+        runs = len(scores["hlr"]["runs"])
+        lines.append(f"{student}: " + ", ".join(parts) + f" ({runs} run{'s' if runs > 1 else ''})")
+    return lines
+
+
+def label_robustness(results: dict) -> dict:
+    """HLR, IOR and LRS per student from the evaluate stage's results (`raydistill.ranking`). Without a teacher the
+    method's students learnt hard labels, so they are the distilled set's hard-label students."""
+    hard = results.get("hard", results["method"])
+    return {student: label_robust_scores(results["full"][student]["top1_runs"], hard[student]["top1_runs"],
+                                         scores["top1_runs"], results.get("baseline", {}).get(student, {}).get(
+                                             "top1_runs"))
+            for student, scores in results["method"].items()}
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -120,6 +146,10 @@ def markdown(report: dict) -> str:
     if "gain_over_baseline" in report:
         gains = ", ".join(f"{s} {g:+.2f}" for s, g in report["gain_over_baseline"].items())
         lines += ["", f"Gain over the random real subset of the same size (top-1 points): {gains}"]
+    ranking = ranking_section(report)
+    if ranking:
+        lines += ["", "## DD-Ranking: hard label recovery, improvement over random, label-robust score", ""]
+        lines += [f"- {line}" for line in ranking]
     title, notes = quantization_section(report)
     lines += ["", f"## {title}", ""] + [f"- {note}" for note in notes]
     lines += ["", "The page report/index.html shows the images, with their class names and weights.", "",
@@ -148,8 +178,9 @@ def run(ctx: Context) -> StageOutput:
     quantize = rundir.marker("prototypes")
     stages = {}
     for stage, folder in (("encode", "latents"), ("quantize", "prototypes"), ("synthesize", "distilled"),
-                          ("train", "students"), ("dope", "doped"), ("evaluate", "evaluation")):
-        if stage == "dope" and ctx.doped is None:
+                          ("train", "students"), ("dope", "doped"), ("reference", "reference"),
+                          ("evaluate", "evaluation")):
+        if (stage == "dope" and ctx.doped is None) or (stage == "reference" and not ctx.references):
             continue
         marker = rundir.marker(folder)
         stages[stage] = {"seconds": marker["seconds"], "rows": marker["rows"]}
@@ -184,10 +215,15 @@ def run(ctx: Context) -> StageOutput:
         report["gain_over_baseline"] = {
             s: round(results["method"][s]["top1"] - results["baseline"][s]["top1"], 2) for s in results["method"]
         }
+    if "full" in results:
+        report["full_data"] = results["full"]
+        if "hard" in results:
+            report["hard_labels"] = results["hard"]
+        report["label_robustness"] = label_robustness(results)
     names = [c["display_name"] for c in report["classes"]]
     entries, distilled = gallery(ctx, names)
     page = render(report, entries, set_names(report), summary_lines(report), quantization_section(report),
-                  chart_classes=GRID_CLASSES)
+                  ranking_section(report), chart_classes=GRID_CLASSES)
     rundir.reset("report")
     rundir.write_json(report, "report", "report.json")
     rundir.write_bytes(markdown(report).encode(), "report", "report.md")

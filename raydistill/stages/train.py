@@ -8,6 +8,7 @@ dies is replaced (FailureConfig) and continues from it.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 
@@ -28,6 +29,7 @@ from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import create_student, load_teacher
 
+log = logging.getLogger("raydistill")
 
 def train_worker(config: dict) -> None:
     """Runs on every Ray Train worker: load the distilled set, resume if a checkpoint exists, train, report."""
@@ -109,8 +111,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
     cpus_per_worker = 1 if use_gpu else cpus_per_train_worker(workers)
     settings = train_settings(cfg, student, repeat)
     out = variant.folder(student_folder(student, repeat))
-    run_name = f"{variant.prefix or 'method'}-{out.rsplit('/', 1)[-1]}"
-    files = ctx.rundir.files(variant.folder("distilled"), suffix=".parquet")
+    run_name = f"{variant.key}-{out.rsplit('/', 1)[-1]}"
+    files = ctx.rundir.files(variant.distilled, suffix=".parquet")
     storage = ctx.rundir.path("train_state", fingerprint)
     check_checkpoints(ctx.rundir.fs, f"{storage}/{run_name}")
     log_level = train_log_level()  # the driver's, for Ray Train's controller and, through the config, its workers
@@ -119,7 +121,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
         train_worker,
         train_loop_config={
             "run_uri": ctx.rundir.uri, "files": files,
-            "student": student, "teacher": cfg.train.teacher, "num_classes": len(ctx.class_names),
+            "student": student, "teacher": None if variant.hard_labels else cfg.train.teacher,
+            "num_classes": len(ctx.class_names),
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
@@ -161,11 +164,23 @@ def load_student(rundir: RunDir, folder: str, device: torch.device) -> torch.nn.
     return model.to(device).eval()
 
 
+def train_students(ctx: Context, variant: DistilledVariant, stage: str, fingerprint: str,
+                   weight_transform: str | None = None) -> dict[str, dict]:
+    """Every student of one set (`student_runs`), each announced on the console as it starts and ends."""
+    trained = {}
+    runs = student_runs(ctx)
+    for student, repeat in runs:
+        folder = variant.folder(student_folder(student, repeat))
+        log.info("%s: %s (%d of %d), %d epochs", stage, folder, len(trained) + 1, len(runs), ctx.config.train.epochs)
+        trained[folder] = metrics = train_student(ctx, variant, student, fingerprint, repeat, weight_transform)
+        log.info("%s: %s: loss %.4f at epoch %d, %.1f s", stage, folder, metrics["final_loss"], metrics["epochs"],
+                 metrics["seconds"])
+    return trained
+
+
 def run(ctx: Context, fingerprint: str) -> StageOutput:
     trained = {}
     for variant in ctx.variants:
         ctx.rundir.reset(variant.folder("students"))
-        for student, repeat in student_runs(ctx):
-            trained[variant.folder(student_folder(student, repeat))] = train_student(ctx, variant, student,
-                                                                                     fingerprint, repeat)
+        trained.update(train_students(ctx, variant, "train", fingerprint))
     return StageOutput(rows=len(trained), extra={"students": trained})
