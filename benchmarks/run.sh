@@ -13,7 +13,7 @@ QUICK_FLAG=${QUICK:+--quick}
 /usr/bin/time -f "demo wall seconds: %e" $RAYDISTILL run --ipc 10 --out runs/bench-demo
 
 for benchmark in encode_throughput actor_scaling quantize_speed driver_memory encode_load group_sampling \
-                 invert_throughput gpu real_size train_throughput prior_cifar10 quality_cifar10; do
+                 invert_throughput gpu real_size train_throughput dashboard_prometheus prior_cifar10 quality_cifar10; do
   echo "== $benchmark"
   $PY -m "benchmarks.$benchmark" $QUICK_FLAG
 done

@@ -2,6 +2,7 @@
 RUN/logs/ (a run's job log: tests/test_cluster.py; on an object store: tests/test_object_storage.py)."""
 
 import importlib
+import time
 import logging
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from raydistill.rundir import RunDir
 from raydistill.runlog import run_log
 from raydistill.stages.cluster import apply_train_log_level, quiet_ray_console, train_log_level
+from raydistill.stages.progress import epoch_bar
 
 
 @pytest.fixture
@@ -83,3 +85,15 @@ def test_the_run_log_keeps_info_lines_of_raydistill_ray_and_ray_data(tmp_path, c
     assert "a scheduler detail" not in text
     logging.getLogger("ray.data").info("after the run")
     assert "after the run" not in (tmp_path / "run" / "logs" / name).read_text()
+
+
+def test_the_epoch_bar_follows_what_rank_zero_reports(ray_local, capsys):
+    import ray
+
+    with epoch_bar(10, "train students/convnet3", enabled=True) as progress:
+        ray.get(progress.update.remote(3, 0.25))
+        time.sleep(1.2)  # two polls
+    err = capsys.readouterr().err
+    assert "train students/convnet3" in err and "3/10" in err and "loss=0.2500" in err
+    with epoch_bar(10, "no terminal", enabled=False) as progress:
+        assert progress is None

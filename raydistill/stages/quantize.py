@@ -25,6 +25,7 @@ from raydistill.quantize import QUANTIZERS, wasserstein2
 from raydistill.rundir import RunDir
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.encode import fixed_size_list, written_class_counts
+from raydistill.stages.progress import progress_bar, terminal
 
 log = logging.getLogger("raydistill")
 
@@ -150,7 +151,13 @@ def run_variant(ctx: Context, variant: DistilledVariant, labels: list[int], fing
         )
         for group in groups
     ]
-    new = [s for chunk in ray.get(refs) for s in chunk]
+    new: list[dict] = []
+    with progress_bar(len(labels), f"quantize {folder}", "class", terminal()) as bar:
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            chunk = ray.get(ready[0])
+            new += chunk
+            bar.update(len(chunk))
     stats = sorted([*done.values(), *new], key=lambda s: s["label"])
     ctx.rundir.write_json(stats, folder, "_class_stats.json")
     return sum(s["prototypes"] for s in stats), stats

@@ -25,6 +25,7 @@ from raydistill.metrics import count, record
 from raydistill.rundir import RunDir
 from raydistill.stages.cluster import apply_train_log_level, cluster_gpus, cpus_per_train_worker, train_log_level
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
+from raydistill.stages.progress import epoch_bar, terminal
 from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import create_student, load_teacher
@@ -68,6 +69,8 @@ def train_worker(config: dict) -> None:
             record("raydistill_train_loss", metrics["loss"], **tags)
             record("raydistill_train_images_per_second",
                    trainer.images_per_epoch / (time.perf_counter() - started), **tags)
+            if config["progress"] is not None:
+                config["progress"].update.remote(trainer.epoch, metrics["loss"])
         # Metrics go out with checkpoints only (each report waits for a controller poll); the epochs in between
         # travel along in `losses`.
         if trainer.epoch % every and trainer.epoch != epochs:
@@ -102,9 +105,10 @@ def train_settings(cfg: run_config.RunConfig, student: str, repeat: int) -> Trai
 
 
 def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerprint: str, repeat: int = 0,
-                  weight_transform: str | None = None) -> dict:
+                  weight_transform: str | None = None, progress: "ray.actor.ActorHandle | None" = None) -> dict:
     """Trains one student on a variant's distilled/ and writes its `student_folder`, seeded by the run's seed plus
-    `repeat`; `weight_transform` replaces train.weight_transform (the dope stage's weights are final)."""
+    `repeat`; `weight_transform` replaces train.weight_transform (the dope stage's weights are final); rank 0 tells
+    `progress` (an EpochProgress) each epoch."""
     cfg = ctx.config
     workers = cfg.train.workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
@@ -126,7 +130,7 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
-            "trust_pickles": cfg.trust_pickles, "log_level": log_level,
+            "trust_pickles": cfg.trust_pickles, "log_level": log_level, "progress": progress,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
@@ -172,7 +176,9 @@ def train_students(ctx: Context, variant: DistilledVariant, stage: str, fingerpr
     for student, repeat in runs:
         folder = variant.folder(student_folder(student, repeat))
         log.info("%s: %s (%d of %d), %d epochs", stage, folder, len(trained) + 1, len(runs), ctx.config.train.epochs)
-        trained[folder] = metrics = train_student(ctx, variant, student, fingerprint, repeat, weight_transform)
+        with epoch_bar(ctx.config.train.epochs, f"{stage} {folder}", terminal()) as progress:
+            trained[folder] = metrics = train_student(ctx, variant, student, fingerprint, repeat, weight_transform,
+                                                      progress)
         log.info("%s: %s: loss %.4f at epoch %d, %.1f s", stage, folder, metrics["final_loss"], metrics["epochs"],
                  metrics["seconds"])
     return trained
