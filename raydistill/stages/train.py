@@ -32,6 +32,7 @@ from raydistill.train.models import create_student, load_teacher
 
 log = logging.getLogger("raydistill")
 
+
 def train_worker(config: dict) -> None:
     """Runs on every Ray Train worker: load the distilled set, resume if a checkpoint exists, train, report."""
     apply_train_log_level(config["log_level"])
