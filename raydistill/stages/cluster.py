@@ -12,6 +12,7 @@ import ray.data
 from ray.util.debug import log_once
 
 from raydistill.config import RayConfig
+from raydistill.stages.progress import terminal
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def connect(config: RayConfig) -> None:
         # distilled set that poll, not training, would set the pace. Only a Ray started here inherits this.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         started = start_local_ray(config)
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = terminal()
     resources = ray.cluster_resources()
     log.info("Ray: %g CPUs, %g GPUs%s", resources.get("CPU", 0), resources.get("GPU", 0),
              f"; dashboard http://{started.dashboard_url}" if started.dashboard_url else "")
@@ -54,7 +55,7 @@ def quiet_ray_console() -> None:
     context.issue_detectors_config.detectors = [
         detector for detector in context.issue_detectors_config.detectors
         if detector.__name__ != "HighMemoryIssueDetector"]
-    if not sys.stderr.isatty():
+    if not terminal():
         log_once("ray_data_progress_manager_disabled")  # Ray Data warns once per process, keyed by this name
 
 

@@ -90,10 +90,9 @@ def ranking_section(report: dict) -> list[str]:
 def label_robustness(results: dict) -> dict:
     """HLR, IOR and LRS per student from the evaluate stage's results (`raydistill.ranking`). Without a teacher the
     method's students learnt hard labels, so they are the distilled set's hard-label students."""
-    hard = results.get("hard", results["method"])
+    hard, random = results.get("hard", results["method"]), results.get("baseline", {})
     return {student: label_robust_scores(results["full"][student]["top1_runs"], hard[student]["top1_runs"],
-                                         scores["top1_runs"], results.get("baseline", {}).get(student, {}).get(
-                                             "top1_runs"))
+                                         scores["top1_runs"], random[student]["top1_runs"] if random else None)
             for student, scores in results["method"].items()}
 
 
