@@ -143,8 +143,11 @@ def validate(config: RunConfig) -> RunConfig:
     if config.quantize.prototype_norm not in PROTOTYPE_NORMS:
         raise UserError(f"quantize.prototype_norm {config.quantize.prototype_norm!r} is not valid; use "
                         f"{' or '.join(PROTOTYPE_NORMS)}")
-    if config.quantize.minibatch_factor < 1:
-        raise UserError(f"quantize.minibatch_factor must be at least 1, got {config.quantize.minibatch_factor}")
+    for name in ("minibatch_factor", "iterations", "restarts"):
+        if getattr(config.quantize, name) < 1:
+            raise UserError(f"quantize.{name} must be at least 1, got {getattr(config.quantize, name)}")
+    if config.quantize.projected_dims < 0:
+        raise UserError(f"quantize.projected_dims must be 0 (no projection) or more, got {config.quantize.projected_dims}")
     config = resolve(config, *prior_traits(config.prior.spec))
     validate_diffusion(config)
     if config.data.image_size < 8:

@@ -81,6 +81,8 @@ def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], co
         (["--ipc", "1000"], "has 1"),
         (["--set", "quantize.ipcs=3"], "unknown config key 'quantize.ipcs'"),
         (["--set", "train.weight_transform=cube"], "weight_transform 'cube' is not valid"),
+        (["--set", "quantize.restarts=0"], "quantize.restarts must be at least 1, got 0"),
+        (["--set", "quantize.projected_dims=-1"], "quantize.projected_dims must be 0 (no projection) or more"),
         (["--prior", "taef2:/no/such/weights"], "/no/such/weights"),
         (["--dope", "-1"], "--dope must be a number of real images to add"),
         (["--dope", "5", "--set", "dope.label=teacher"], "but no teacher is set: pass --teacher"),

@@ -20,7 +20,7 @@ import torch
 
 from raydistill.errors import UserError
 from raydistill.quantize.base import QUANTIZERS, Quantization
-from raydistill.quantize.metrics import nearest, voronoi_counts
+from raydistill.quantize.metrics import cells_and_nearest
 
 # Standard-normal draws scored at once. A GPU wants large launches (64 MiB of float32); on a CPU, 1 MiB blocks that
 # stay in cache with their temporaries ran about twice as fast (benchmarks/group_sampling.py --draws-per-batch).
@@ -118,6 +118,5 @@ def d3hr(x: np.ndarray, k: int, seed: int = 0, candidates: int = 1_000_000,
     for start in range(0, len(x), ROWS_PER_UPDATE):
         moments.update(x[start:start + ROWS_PER_UPDATE])
     points, _ = sample_group(moments.mean, np.sqrt(moments.variance), k, candidates, tuple(score_weights), seed)
-    nearest_rows, _ = nearest(points, x)
-    return Quantization(points=points, weights=np.full(k, 1.0 / k), counts=voronoi_counts(x, points),
-                        nearest=nearest_rows)
+    counts, nearest_rows = cells_and_nearest(x, points)
+    return Quantization(points=points, weights=np.full(k, 1.0 / k), counts=counts, nearest=nearest_rows)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from raydistill.quantize.base import QUANTIZERS, Quantization
-from raydistill.quantize.metrics import nearest, voronoi_counts
+from raydistill.quantize.metrics import cells_and_nearest
 from raydistill.synthesize.dsco import latin_hypercube_normal
 
 
@@ -21,5 +21,5 @@ from raydistill.synthesize.dsco import latin_hypercube_normal
 def dsco_starts(x: np.ndarray, k: int, seed: int = 0) -> Quantization:
     """k standard-normal starting noises of x's dimension, every coordinate covering k equal-probability strata."""
     points = latin_hypercube_normal(k, (x.shape[1],), torch.Generator().manual_seed(seed)).numpy()
-    rows, _ = nearest(points, x)
-    return Quantization(points=points, weights=np.full(k, 1.0 / k), counts=voronoi_counts(x, points), nearest=rows)
+    counts, rows = cells_and_nearest(x, points)
+    return Quantization(points=points, weights=np.full(k, 1.0 / k), counts=counts, nearest=rows)
