@@ -1,6 +1,7 @@
 """Images/s of the train stage (Ray Train, one worker) against a plain single-process loop on the same set.
 
 python -m benchmarks.train_throughput [--quick] [--ipc 50] [--epochs 100] [--student convnet3] [--checkpoint-every N]
+                                      [--compile]
 
 The distilled set is a digits run's (the built-in default, `--decode nearest`, IPC 50: 500 images at 32 px), made
 once by `raydistill run` with one training epoch. Then, side by side in one run: the plain loop (`StudentTrainer` in
@@ -8,7 +9,8 @@ this process, the stage's settings, no Ray, no checkpoints), `raydistill train` 
 plain loop again; then the augmentation's own images/s at 32 and 224 px. The stage's images/s counts its whole time
 (Ray Train's start, its checkpoints every `train.checkpoint_every` epochs, writing the model), from its marker; the
 plain loop's, the epochs alone. Goal: ratio (stage / mean plain) >= 0.9 on CPU. Prints a table and, last, one JSON
-line.
+line. `--compile` adds the plain loop eager and under torch.compile (`train.compile`), each after one untimed epoch
+that holds the compilation, whose seconds it reports.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def raydistill(*args: str) -> None:
     subprocess.run([RAYDISTILL, *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def plain_loop(run: Path, student: str, epochs: int) -> dict:
-    """The stage's loop alone: the run's distilled set and settings, `epochs` epochs, this process's threads."""
+def plain_loop(run: Path, student: str, epochs: int, compile_models: bool = False, warm_up: bool = False) -> dict:
+    """The stage's loop alone: the run's distilled set and settings, `epochs` epochs, this process's threads;
+    `warm_up` first runs one more epoch, untimed, and reports its seconds."""
     config = load_config(overrides=[json.loads((run / "config.json").read_text())])
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     data = DistilledSet.from_table(pq.read_table(run / "distilled"))
@@ -47,12 +50,17 @@ def plain_loop(run: Path, student: str, epochs: int) -> dict:
     settings = train_settings(config, student, repeat=0)
     torch.manual_seed(settings.seed)
     classes = len(json.loads((run / "class_names.json").read_text()))
-    trainer = StudentTrainer(create_student(student, classes, data.images.shape[1]), data, settings)
+    trainer = StudentTrainer(create_student(student, classes, data.images.shape[1]), data, settings,
+                             compile_models=compile_models)
     start = time.perf_counter()
+    if warm_up:
+        trainer.train_epoch()
+    first_epoch, start = time.perf_counter() - start, time.perf_counter()
     for _ in range(epochs):
         trainer.train_epoch()
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "images_per_epoch": trainer.images_per_epoch}
+    return {"seconds": round(seconds, 2), "images_per_epoch": trainer.images_per_epoch,
+            "first_epoch_seconds": round(first_epoch, 2)}
 
 
 def augment_rate(batch: int, side: int, repeats: int = 5) -> float:
@@ -88,6 +96,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, help="train.checkpoint_every (default: the config's)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-train-throughput"))
     parser.add_argument("--quick", action="store_true", help="IPC 10, 30 epochs")
+    parser.add_argument("--compile", action="store_true", help="also the plain loop eager and under torch.compile")
     args = parser.parse_args()
     if args.quick:
         args.ipc, args.epochs = 10, 30
@@ -110,9 +119,16 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "augment_images_per_s": {"256x32px": augment_rate(256, 32), "64x224px": augment_rate(64, 224)},
     }
-    print(f"{'':>6} {'seconds':>10} {'images/s':>10}")
-    print(f"{'plain':>6} {(first['seconds'] + second['seconds']) / 2:>10.1f} {plain_rate:>10.1f}")
-    print(f"{'stage':>6} {staged['seconds']:>10.1f} {stage_rate:>10.1f}")
+    print(f"{'':>8} {'seconds':>10} {'images/s':>10}")
+    print(f"{'plain':>8} {(first['seconds'] + second['seconds']) / 2:>10.1f} {plain_rate:>10.1f}")
+    print(f"{'stage':>8} {staged['seconds']:>10.1f} {stage_rate:>10.1f}")
+    if args.compile:
+        for name, compiled in (("eager", False), ("compiled", True)):
+            timed = plain_loop(run, args.student, args.epochs, compile_models=compiled, warm_up=True)
+            result[f"{name}_images_per_s"] = round(images / timed["seconds"], 1)
+            result[f"{name}_first_epoch_seconds"] = timed["first_epoch_seconds"]
+            print(f"{name:>8} {timed['seconds']:>10.1f} {result[f'{name}_images_per_s']:>10.1f}"
+                  f"   (first epoch {timed['first_epoch_seconds']} s, untimed)")
     print(json.dumps(result))
 
 

@@ -76,7 +76,7 @@ def test_two_workers_give_the_gradient_of_one(tmp_path):
     assert abs(naive.item() - weighted_mean(per_sample_loss(model(x), y, None, 1.0), w).item()) > 1e-3
 
 
-def tiny_trainer(epochs=6, mix="cutmix"):
+def tiny_trainer(epochs=6, mix="cutmix", compile_models=False):
     from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
     from raydistill.train.models import create_student
 
@@ -87,7 +87,7 @@ def tiny_trainer(epochs=6, mix="cutmix"):
     settings = TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, weight_decay=0.01, temperature=20.0,
                              min_crop_scale=0.5, seed=0, mix=mix, mix_alpha=1.0)
     torch.manual_seed(0)
-    return StudentTrainer(create_student("convnet3", 2, 16), data, settings)
+    return StudentTrainer(create_student("convnet3", 2, 16), data, settings, compile_models=compile_models)
 
 
 def test_student_trainer_learns_and_resumes_exactly(tmp_path):
@@ -103,6 +103,17 @@ def test_student_trainer_learns_and_resumes_exactly(tmp_path):
     assert resumed.train_epoch()["loss"] == pytest.approx(trainer.train_epoch()["loss"], rel=1e-6)
     cutmix = tiny_trainer()
     assert np.isfinite([cutmix.train_epoch()["loss"] for _ in range(2)]).all()
+
+
+def test_a_compiled_trainer_saves_and_loads_the_students_own_state(tmp_path):
+    """train.compile wraps the student; checkpoints and model.safetensors must still hold its plain parameter names,
+    so an eager run resumes from a compiled one and `load_student` reads either (torch.compile compiles lazily, at
+    the first batch: this test costs no compilation)."""
+    compiled, eager = tiny_trainer(compile_models=True), tiny_trainer()
+    assert type(compiled.model).__name__ == "OptimizedModule"
+    assert list(compiled.state_dict()["model"]) == list(eager.state_dict()["model"])
+    save_state(eager.state_dict(), str(tmp_path))
+    compiled.load_state_dict(load_state(str(tmp_path)))
 
 
 def test_checkpoints_a_crash_left_unregistered_are_removed_and_the_kept_ones_stay(tmp_path):

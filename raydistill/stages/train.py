@@ -26,7 +26,7 @@ from raydistill.rundir import RunDir
 from raydistill.stages.cluster import apply_train_log_level, cluster_gpus, cpus_per_train_worker, train_log_level
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.progress import epoch_bar, terminal
-from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings
+from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings, memory_format
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import create_student, load_teacher
 
@@ -45,13 +45,15 @@ def train_worker(config: dict) -> None:
     data = DistilledSet.from_table(table)
     data.weights = transform_weights(data.weights, data.labels, config["weight_transform"])
     torch.manual_seed(config["settings"].seed)
+    layout = memory_format(device)
     model = create_student(config["student"], config["num_classes"], data.images.shape[1])
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model.to(memory_format=layout))  # the layout before DDP builds its buckets
     teacher = None
     if config["teacher"]:
         teacher = load_teacher(config["teacher"], config["num_classes"], config["imagenet_classes"],
-                               config["trust_pickles"]).to(device)
-    trainer = StudentTrainer(model, data, config["settings"], teacher=teacher, device=device, rank=rank, world=world)
+                               config["trust_pickles"]).to(device, memory_format=layout)
+    trainer = StudentTrainer(model, data, config["settings"], teacher=teacher, device=device, rank=rank, world=world,
+                             compile_models=config["compile"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -131,7 +133,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
             "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
-            "trust_pickles": cfg.trust_pickles, "log_level": log_level, "progress": progress,
+            "compile": cfg.train.compile, "trust_pickles": cfg.trust_pickles, "log_level": log_level,
+            "progress": progress,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},

@@ -82,15 +82,26 @@ def batches_for_epoch(n: int, batch_size: int, epoch: int, seed: int, rank: int,
     return [row[rank::world] for row in order]
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of the student's, the teacher's and the batches' tensors: channels_last on CUDA, where cuDNN runs
+    bf16 convolutions on tensor cores without transposing; the CPU keeps the default layout."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 class StudentTrainer:
     """AdamW (no decay on norms and biases) with a per-step schedule (`LR_SCHEDULES`) on the per-sample weighted
-    loss, optionally against an online teacher."""
+    loss, optionally against an online teacher. The models come in `memory_format(device)` on the device;
+    `compile_models` runs them through torch.compile."""
 
     def __init__(self, model: torch.nn.Module, data: DistilledSet, settings: TrainSettings,
                  teacher: torch.nn.Module | None = None, device: torch.device = torch.device("cpu"),
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, compile_models: bool = False):
+        if compile_models:
+            model = torch.compile(model)
+            teacher = torch.compile(teacher) if teacher is not None else None
         self.model, self.data, self.settings, self.teacher = model, data, settings, teacher
         self.device, self.rank, self.world = device, rank, world
+        self.memory_format = memory_format(device)
         epoch_batches = batches_for_epoch(len(data.labels), settings.batch_size, 0, 0, 0, 1)
         self.steps_per_epoch = len(epoch_batches)
         self.images_per_epoch = sum(map(len, epoch_batches))  # over all workers, padded to whole batches
@@ -113,6 +124,7 @@ class StudentTrainer:
             labels = torch.from_numpy(self.data.labels[rows]).to(self.device)
             weights = torch.from_numpy(self.data.weights[rows]).float().to(self.device)
             images, partner, lam = mix_batch(images, s.mix, s.mix_alpha, mix_rng)
+            images = images.contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 teacher_logits = None
                 if self.teacher is not None:
@@ -149,4 +161,6 @@ class StudentTrainer:
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The student itself, out of torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
