@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The protocol's 300 epochs shortened to 50 (checkpoints every 25), so the demo takes about 2 minutes on 2 cores.
+# The protocol's 300 epochs shortened to 50, so the demo takes about 2 minutes on 2 cores.
 demo: $(STAMP)
-	$(VENV)/bin/raydistill run --ipc 10 --out runs/demo --set train.epochs=50 --set train.checkpoint_every=25
+	$(VENV)/bin/raydistill run --ipc 10 --out runs/demo --set train.epochs=50
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=10 $(PYTEST_ARGS)

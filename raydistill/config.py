@@ -205,6 +205,9 @@ class TrainConfig:
             and std (DDOQ averages 5).
         workers: Ray Train workers per student.
         checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
+        checkpoint_seconds: and at least this many seconds of training between them, so a small set's short epochs
+            do not each pay for a checkpoint; a crash loses at most about this much training. 0: every
+            `checkpoint_every`-th epoch.
         compile: torch.compile the student and the teacher: for GPUs, where it pays back its compile time (about
             a minute per student) over a long run; off by default. On CUDA the models and batches are also
             channels_last.
@@ -227,6 +230,7 @@ class TrainConfig:
     workers: int = resource(1)
     use_gpu: bool | None = resource(None)
     checkpoint_every: int = resource(1)
+    checkpoint_seconds: float = resource(60.0)
     compile: bool = resource(False)
 
 

@@ -163,6 +163,8 @@ def validate(config: RunConfig) -> RunConfig:
                         ("workers", config.train.workers), ("checkpoint_every", config.train.checkpoint_every)):
         if value <= 0:
             raise UserError(f"train.{name} must be positive, got {value}")
+    if config.train.checkpoint_seconds < 0:
+        raise UserError(f"train.checkpoint_seconds must be 0 or more, got {config.train.checkpoint_seconds}")
     parse_weight_transform(config.train.weight_transform)
     if config.train.lr_schedule not in LR_SCHEDULES:
         raise UserError(f"train.lr_schedule {config.train.lr_schedule!r} is not valid; use one of "

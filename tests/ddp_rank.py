@@ -1,4 +1,5 @@
-"""One rank of the weighted-loss equivalence test (tests/test_training.py runs two of these as fresh processes).
+"""One rank of the weighted-loss equivalence test (tests/test_training.py runs two of these as fresh processes);
+it also checks that every rank takes rank 0's checkpoint decision, and exits 3 where one does not.
 
 Usage: python ddp_rank.py RANK WORLD INIT_FILE OUT_FILE
 """
@@ -8,6 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from raydistill.train.loop import rank_zero_decides
 from raydistill.train.losses import per_sample_loss, weighted_mean
 
 
@@ -29,7 +31,10 @@ def main(rank: int, world: int, init_file: str, out: str) -> None:
     weighted_mean(per_sample_loss(ddp(x[rows]), y[rows], None, 1.0), w[rows]).backward()
     if rank == 0:
         torch.save([p.grad for p in model.parameters()], out)
+    decisions = [rank_zero_decides(rank == 0, torch.device("cpu")), rank_zero_decides(rank != 0, torch.device("cpu"))]
     dist.destroy_process_group()
+    if decisions != [True, False]:
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 RUN/logs/ (a run's job log: tests/test_cluster.py; on an object store: tests/test_object_storage.py)."""
 
 import importlib
-import time
 import logging
+import os
+import re
+import time
 
 import pytest
+from ray.util.debug import log_once
 
+from raydistill import RAY_LINES_NOT_FOR_THE_USER
 from raydistill.rundir import RunDir
 from raydistill.runlog import run_log
 from raydistill.stages.cluster import apply_train_log_level, quiet_ray_console, train_log_level
@@ -43,12 +47,13 @@ def ray_console_restored():
     import ray.data
 
     handlers = [h for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers]
-    levels = [h.level for h in handlers]
+    levels, filters = [h.level for h in handlers], [list(h.filters) for h in handlers]
     detectors = ray.data.DataContext.get_current().issue_detectors_config
     before = list(detectors.detectors)
     yield
-    for handler, level in zip(handlers, levels):
+    for handler, level, kept in zip(handlers, levels, filters):
         handler.setLevel(level)
+        handler.filters = kept
     detectors.detectors = before
 
 
@@ -67,9 +72,37 @@ def test_ray_data_info_lines_and_memory_advice_leave_the_console_unless_verbose(
     assert _console_levels() == {logging.WARNING}
     detectors = ray.data.DataContext.get_current().issue_detectors_config.detectors
     assert detectors and "HighMemoryIssueDetector" not in {d.__name__ for d in detectors}
+    assert not log_once("cpu_warning")  # spent: Ray Data's no-free-CPU warning will not print
     root.setLevel(logging.INFO)
     quiet_ray_console()
     assert _console_levels() == {logging.INFO}
+
+
+def test_rays_token_notice_for_a_local_ray_leaves_the_console_unless_verbose(levels_restored, ray_console_restored):
+    root, _ = levels_restored
+    console = [h for h in logging.getLogger("ray").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    notice = logging.LogRecord("ray._private.authentication.authentication_token_setup", logging.WARNING, "", 0,
+                               "Token authentication is enabled for this Ray cluster.", None, None)
+    other = logging.LogRecord("ray.data", logging.WARNING, "", 0, "a block failed", None, None)
+    root.setLevel(logging.WARNING)
+    quiet_ray_console()
+    assert console and not any(h.filter(notice) for h in console) and all(h.filter(other) for h in console)
+    root.setLevel(logging.INFO)
+    quiet_ray_console()
+    assert all(h.filter(notice) for h in console)
+
+
+def test_ray_lines_that_ask_nothing_of_the_user_are_skipped_and_errors_are_not():
+    """Ray reads the skip pattern from the environment when first imported; raydistill sets it before that."""
+    pattern = re.compile(os.environ["RAY_DEDUP_LOGS_SKIP_REGEX"])
+    assert pattern.pattern == RAY_LINES_NOT_FOR_THE_USER
+    assert pattern.search("[2026-12-03 17:14:09,968 E 27661 27701] core_worker.cc:2465: Actor with class name: "
+                          "'PreemptionWatcher' and ID: '63' has constructor arguments in the object store and "
+                          "max_restarts > 0. If the arguments in the object store go out of scope or are lost, ...")
+    assert pattern.search("WARNING: 8 PYTHON worker processes have been started on node: bb10 with address: ...")
+    assert not pattern.search("raydistill.errors.UserError: --ipc must be a positive number of images per class")
+    assert not pattern.search("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.")
 
 
 def test_the_run_log_keeps_info_lines_of_raydistill_ray_and_ray_data(tmp_path, caplog):

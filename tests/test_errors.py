@@ -81,6 +81,7 @@ def write_shards(folder: Path, per_class: dict[int, int], classes: list[str], co
         (["--ipc", "1000"], "has 1"),
         (["--set", "quantize.ipcs=3"], "unknown config key 'quantize.ipcs'"),
         (["--set", "train.weight_transform=cube"], "weight_transform 'cube' is not valid"),
+        (["--set", "train.checkpoint_seconds=-1"], "train.checkpoint_seconds must be 0 or more"),
         (["--set", "quantize.restarts=0"], "quantize.restarts must be at least 1, got 0"),
         (["--set", "quantize.projected_dims=-1"], "quantize.projected_dims must be 0 (no projection) or more"),
         (["--prior", "taef2:/no/such/weights"], "/no/such/weights"),

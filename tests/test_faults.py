@@ -31,7 +31,8 @@ def test_killed_driver_and_killed_train_worker_resume_to_the_same_result(ray_loc
     (the rerun resumes from the last checkpoint, the epochs continuing). Its prototypes and images then equal those of
     the same stages run from scratch."""
     out = tmp_path / "interrupted"
-    command = [RAYDISTILL, "-v", "run", "--out", str(out), *ARGS, "--set", "train.epochs=40"]
+    command = [RAYDISTILL, "-v", "run", "--out", str(out), *ARGS, "--set", "train.epochs=40",
+               "--set", "train.checkpoint_seconds=0"]
     log = tmp_path / "run.log"
 
     def start():

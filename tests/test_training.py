@@ -14,6 +14,7 @@ from ray.train import Checkpoint
 
 from raydistill.checkpoints import load_state, remove_unregistered_checkpoints, save_state
 from raydistill.train.augment import mix_batch
+from raydistill.train.loop import checkpoint_due
 from raydistill.train.losses import mixed_weighted_loss, per_sample_loss, weighted_mean
 
 from ddp_rank import batch_and_model  # tests/ is on sys.path under pytest's default import mode
@@ -60,7 +61,7 @@ def test_mixed_samples_combine_weights_and_hard_labels_by_lambda():
     assert unmixed.item() == pytest.approx(weighted_mean(per_sample_loss(logits, labels, None, 1.0), weights).item())
 
 
-def test_two_workers_give_the_gradient_of_one(tmp_path):
+def test_two_workers_give_the_gradient_of_one_and_take_rank_zeros_checkpoint_decision(tmp_path):
     x, y, w, model = batch_and_model()
     weighted_mean(per_sample_loss(model(x), y, None, 1.0), w).backward()
     single = [p.grad for p in model.parameters()]
@@ -114,6 +115,17 @@ def test_a_compiled_trainer_saves_and_loads_the_students_own_state(tmp_path):
     assert list(compiled.state_dict()["model"]) == list(eager.state_dict()["model"])
     save_state(eager.state_dict(), str(tmp_path))
     compiled.load_state_dict(load_state(str(tmp_path)))
+
+
+@pytest.mark.parametrize("epoch, every, interval_passed, due", [
+    (10, 1, False, True),   # the last epoch, always
+    (3, 1, False, False),   # the interval has not passed
+    (3, 1, True, True),
+    (3, 2, True, False),    # not a checkpoint_every-th epoch
+    (4, 2, True, True),
+])
+def test_checkpoint_due_after_the_last_epoch_and_every_nth_once_the_interval_passed(epoch, every, interval_passed, due):
+    assert checkpoint_due(epoch, 10, every, interval_passed) is due
 
 
 def test_checkpoints_a_crash_left_unregistered_are_removed_and_the_kept_ones_stay(tmp_path):

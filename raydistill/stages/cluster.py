@@ -42,21 +42,36 @@ def quiet_ray_console() -> None:
     """Unless -v, Ray's and Ray Data's INFO lines (a Ray started, each dataset's execution plan, sink and finish
     lines) leave the console; they stay in Ray Data's log file and in RUN/logs/ (`runlog.run_log`).
 
-    Two of Ray Data's warnings are not for the user: its high-memory advice names `memory=` arguments of calls
-    raydistill makes, measuring a process's whole RSS (torch's libraries included) against a decode task's share,
-    so that detector is off; and the notice that progress bars are off (stderr is no terminal) is spent up front.
+    Four warnings are not for the user. Ray's notice that a local Ray has token authentication on: raydistill
+    started that Ray and holds its token. Three of Ray Data's: its high-memory advice names `memory=` arguments of
+    calls raydistill makes, measuring a process's whole RSS (torch's libraries included) against a decode task's
+    share, so that detector is off; the notice that progress bars are off (stderr is no terminal), and, unless -v,
+    the warning that the cluster has no free CPU when a dataset starts, are spent up front. That one reads the free
+    CPUs at one instant: none right after a stage's tasks end (Ray reports freed resources a moment later), and none
+    on an autoscaling cluster whose head has no CPUs; both go on.
     """
-    level = logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.WARNING
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
     for name in ("ray", "ray.data"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.setLevel(level)
+                handler.setLevel(logging.INFO if verbose else logging.WARNING)
+                if verbose:
+                    handler.removeFilter(_not_for_the_user)
+                else:
+                    handler.addFilter(_not_for_the_user)
     context = ray.data.DataContext.get_current()
     context.issue_detectors_config.detectors = [
         detector for detector in context.issue_detectors_config.detectors
         if detector.__name__ != "HighMemoryIssueDetector"]
+    # Ray Data warns once per process, keyed by these names.
     if not terminal():
-        log_once("ray_data_progress_manager_disabled")  # Ray Data warns once per process, keyed by this name
+        log_once("ray_data_progress_manager_disabled")
+    if not verbose:
+        log_once("cpu_warning")
+
+
+def _not_for_the_user(record: logging.LogRecord) -> bool:
+    return record.name != "ray._private.authentication.authentication_token_setup"
 
 
 def train_log_level() -> str:

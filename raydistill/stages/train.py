@@ -1,6 +1,7 @@
 """train: one Ray Train TorchTrainer per (distilled set, student); writes students/<name>/ (model, metrics).
 
-Checkpoints go to `train_state/<fingerprint>/<set>-<student>` every `train.checkpoint_every` epochs; a rerun
+Checkpoints go to `train_state/<fingerprint>/<set>-<student>` (`train.checkpoint_every` epochs and
+`train.checkpoint_seconds` apart); a rerun
 with the same config reuses that run name, so Ray Train V2 resumes from the last checkpoint, and a worker that
 dies is replaced (FailureConfig) and continues from it.
 """
@@ -26,7 +27,8 @@ from raydistill.rundir import RunDir
 from raydistill.stages.cluster import apply_train_log_level, cluster_gpus, cpus_per_train_worker, train_log_level
 from raydistill.stages.context import Context, DistilledVariant, StageOutput
 from raydistill.stages.progress import epoch_bar, terminal
-from raydistill.train.loop import DistilledSet, StudentTrainer, TrainSettings, memory_format
+from raydistill.train.loop import (DistilledSet, StudentTrainer, TrainSettings, checkpoint_due, memory_format,
+                                   rank_zero_decides)
 from raydistill.train.losses import transform_weights
 from raydistill.train.models import create_student, load_teacher
 
@@ -58,8 +60,8 @@ def train_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_state(folder))
-    epochs, every = config["settings"].epochs, config["checkpoint_every"]
-    start_epoch, losses = trainer.epoch, []
+    epochs = config["settings"].epochs
+    start_epoch, losses, last_checkpoint = trainer.epoch, [], time.monotonic()
     while trainer.epoch < epochs:
         started = time.perf_counter()
         metrics = trainer.train_epoch()
@@ -76,8 +78,11 @@ def train_worker(config: dict) -> None:
                 config["progress"].update.remote(trainer.epoch, metrics["loss"])
         # Metrics go out with checkpoints only (each report waits for a controller poll); the epochs in between
         # travel along in `losses`.
-        if trainer.epoch % every and trainer.epoch != epochs:
+        due = checkpoint_due(trainer.epoch, epochs, config["checkpoint_every"],
+                             time.monotonic() - last_checkpoint >= config["checkpoint_seconds"])
+        if not rank_zero_decides(due, device):
             continue
+        last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 save_state(trainer.state_dict(), folder)
@@ -132,7 +137,8 @@ def train_student(ctx: Context, variant: DistilledVariant, student: str, fingerp
             "num_classes": len(ctx.class_names),
             "imagenet_classes": ctx.imagenet_classes, "settings": settings,
             "weight_transform": weight_transform or cfg.train.weight_transform,
-            "checkpoint_every": cfg.train.checkpoint_every, "cpus_per_worker": cpus_per_worker,
+            "checkpoint_every": cfg.train.checkpoint_every, "checkpoint_seconds": cfg.train.checkpoint_seconds,
+            "cpus_per_worker": cpus_per_worker,
             "compile": cfg.train.compile, "trust_pickles": cfg.trust_pickles, "log_level": log_level,
             "progress": progress,
         },

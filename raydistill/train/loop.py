@@ -82,6 +82,23 @@ def batches_for_epoch(n: int, batch_size: int, epoch: int, seed: int, rank: int,
     return [row[rank::world] for row in order]
 
 
+def checkpoint_due(epoch: int, epochs: int, every: int, interval_passed: bool) -> bool:
+    """Whether to checkpoint after `epoch`: always after the last one; otherwise at every `every`-th epoch once the
+    checkpoint interval has passed since the last checkpoint (a checkpoint per epoch costs more than a small set's
+    epoch: 0.25 s against 0.33 s at CIFAR-10 IPC 10 on a CPU)."""
+    return epoch == epochs or (epoch % every == 0 and interval_passed)
+
+
+def rank_zero_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every worker (a decision taken on each worker's clock must not differ between them: every
+    worker reports a checkpoint together)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    decided = torch.tensor([int(flag)], device=device)
+    torch.distributed.broadcast(decided, src=0)
+    return bool(decided.item())
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """The layout of the student's, the teacher's and the batches' tensors: channels_last on CUDA, where cuDNN runs
     bf16 convolutions on tensor cores without transposing; the CPU keeps the default layout."""
