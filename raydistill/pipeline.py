@@ -147,7 +147,8 @@ def validate(config: RunConfig) -> RunConfig:
         if getattr(config.quantize, name) < 1:
             raise UserError(f"quantize.{name} must be at least 1, got {getattr(config.quantize, name)}")
     if config.quantize.projected_dims < 0:
-        raise UserError(f"quantize.projected_dims must be 0 (no projection) or more, got {config.quantize.projected_dims}")
+        raise UserError("quantize.projected_dims must be 0 (no projection) or more, got "
+                        f"{config.quantize.projected_dims}")
     config = resolve(config, *prior_traits(config.prior.spec))
     validate_diffusion(config)
     if config.data.image_size < 8:

@@ -20,7 +20,7 @@ from raydistill.quantize.base import QUANTIZERS, Quantization
 from raydistill.quantize.metrics import cells_and_nearest, nearest
 
 
-# Lloyd passes in the full space that finish a clustering found in a random projection.
+# Lloyd passes in the full space that finish a clustering found in a sketch of the class (`sign_sketch`).
 LIFTED_PASSES = 2
 
 
@@ -93,9 +93,10 @@ def _kmeans(x: np.ndarray, k: int, seed: int, iterations: int, restarts: int, pr
     the full space and LIFTED_PASSES full Lloyd passes finish them.
 
     On classes of 1,300 x 4,096 (synthetic) and 1,300 x 3,072 (CIFAR-10 pixels), 128 dimensions and three restarts
-    ran 1.5-4x faster than one full-space run, at 0.97-1.00 of MiniBatchKMeans's distortion as the full space
-    (benchmarks/quantize_speed.py; two restarts: 1.009 on the synthetic classes at k = 10). k-means++ seeding matters: from faiss's own random seeds,
-    Lloyd stops about 13 % above MiniBatchKMeans's distortion on clustered data.
+    ran 2-4x faster than one full-space run, at 0.97-1.00 of MiniBatchKMeans's distortion as the full-space run
+    (benchmarks/quantize_speed.py; two restarts: 1.009 on the synthetic classes at k = 10). k-means++ seeding
+    matters: from faiss's own random seeds, Lloyd stops about 13 % above MiniBatchKMeans's distortion on clustered
+    data.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     rng = np.random.default_rng(seed)

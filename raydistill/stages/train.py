@@ -1,9 +1,8 @@
 """train: one Ray Train TorchTrainer per (distilled set, student); writes students/<name>/ (model, metrics).
 
 Checkpoints go to `train_state/<fingerprint>/<set>-<student>` (`train.checkpoint_every` epochs and
-`train.checkpoint_seconds` apart); a rerun
-with the same config reuses that run name, so Ray Train V2 resumes from the last checkpoint, and a worker that
-dies is replaced (FailureConfig) and continues from it.
+`train.checkpoint_seconds` apart); a rerun with the same config reuses that run name, so Ray Train V2 resumes from
+the last checkpoint, and a worker that dies is replaced (FailureConfig) and continues from it.
 """
 
 from __future__ import annotations
