@@ -101,8 +101,16 @@ def test_ray_lines_that_ask_nothing_of_the_user_are_skipped_and_errors_are_not()
                           "'PreemptionWatcher' and ID: '63' has constructor arguments in the object store and "
                           "max_restarts > 0. If the arguments in the object store go out of scope or are lost, ...")
     assert pattern.search("WARNING: 8 PYTHON worker processes have been started on node: bb10 with address: ...")
+    for line in ("Starting execution of Dataset train_03_4. Full logs are in /tmp/ray/session_x/logs/ray-data",
+                 "Execution plan of Dataset train_03_4: InputDataBuffer[Input] -> TaskPoolMapOperator[ListFiles]",
+                 "✔️  Dataset train_03_4 execution finished in 2.66 seconds",
+                 "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars`",
+                 "execution_options.py:436: RayDeprecationWarning: `ExecutionOptions.exclude_resources` is deprecated",
+                 "  self.exclude_resources = exclude_resources"):
+        assert pattern.search(line), line
     assert not pattern.search("raydistill.errors.UserError: --ipc must be a positive number of images per class")
     assert not pattern.search("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.")
+    assert not pattern.search("prior train: step 30 of 30, loss 0.1601")
 
 
 def test_the_run_log_keeps_info_lines_of_raydistill_ray_and_ray_data(tmp_path, caplog):
