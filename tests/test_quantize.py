@@ -153,7 +153,7 @@ def test_lloyd_in_a_sketch_stays_within_a_few_percent_of_full_space_lloyd():
         0, 1, (1200, 1024)).astype(np.float32)
     ratios = []
     for seed in range(3):  # 32 sketch dimensions instead of 128: 1.041 on average; 8: 1.066
-        projected = QUANTIZERS.get("ddoq")(x, 40, seed=seed)
+        sketched = QUANTIZERS.get("ddoq")(x, 40, seed=seed)
         full = QUANTIZERS.get("ddoq")(x, 40, seed=seed, projected_dims=0)
-        ratios.append(nearest(x, projected.points)[1].mean() / nearest(x, full.points)[1].mean())
+        ratios.append(nearest(x, sketched.points)[1].mean() / nearest(x, full.points)[1].mean())
     assert np.mean(ratios) < 1.035, ratios
