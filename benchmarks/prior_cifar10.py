@@ -1,14 +1,15 @@
 """A DiT prior trained on CIFAR-10's taef2 latents on this machine: teacher top-1 on its samples as training goes on.
 
 python -m benchmarks.prior_cifar10 [--quick] [--milestones 1000 4000] [--lr 1e-3 --warmup-steps 500
-    --snr-gamma 5 --prediction-type v_prediction] [--out runs/bench-prior]
+    --snr-gamma 5 --prediction-type v_prediction] [--per-class N] [--out runs/bench-prior]
 
-Encodes all 50,000 CIFAR-10 training images with taef2 at 64 px (32x8x8 latents) once, then trains the `cifar-cpu`
-preset with `raydistill prior train` (the recipe: its defaults, or the flags given), stopping at each milestone (a
-rerun with more steps resumes from the last checkpoint) to run `raydistill prior eval` with the ResNet-56 teacher.
-Goal: teacher top-1 >= 50 % on the samples (chance 10 %) within about an hour of training. Each recipe trains in
-OUT/prior-<recipe>; finished milestones are kept in OUT/results.jsonl, so an interrupted benchmark resumes and
-recipes can be compared. Prints a table and, last, one JSON line.
+Encodes all 50,000 CIFAR-10 training images (or `--per-class` of each class) with taef2 at 64 px (32x8x8 latents)
+once, then trains the `cifar-cpu` preset with `raydistill prior train` (the recipe: its defaults, or the flags given),
+stopping at each milestone (a rerun with more steps resumes from the last checkpoint) to run `raydistill prior eval`
+with the ResNet-56 teacher. Goal: teacher top-1 >= 50 % on the samples (chance 10 %) within about an hour of
+training. Each recipe (and `--per-class`) trains in OUT/prior-<recipe>; finished milestones are kept in
+OUT/results.jsonl, so an interrupted benchmark resumes and recipes can be compared. Prints a table and, last, one JSON
+line.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ def main() -> None:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--prediction-type", default="v_prediction")
     parser.add_argument("--samples-per-class", type=int, default=50)
+    parser.add_argument("--per-class", type=int, help="train on this many images per class (all 5,000 by default)")
     parser.add_argument("--out", default=str(ROOT / "runs/bench-prior"))
     args = parser.parse_args()
-    subset = []
+    if args.quick and args.per_class:
+        parser.error("--quick trains on 500 images per class; leave out --per-class")
+    subset = ["--max-per-class", str(args.per_class)] if args.per_class else []
     if args.quick:
         args.milestones, args.samples_per_class, args.out = [100, 200], 10, args.out + "-quick"
         subset = ["--max-per-class", "500"]
@@ -50,8 +54,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     recipe = {"lr": args.lr, "warmup_steps": args.warmup_steps, "snr_gamma": args.snr_gamma,
               "prediction_type": args.prediction_type}
-    encoded = out / "encoded"
-    prior = out / f"prior-lr{args.lr:g}-warmup{args.warmup_steps}-snr{args.snr_gamma:g}-{args.prediction_type}"
+    if args.per_class:
+        recipe["per_class"] = args.per_class
+    per_class = f"-{args.per_class}-per-class" if args.per_class else ""
+    encoded = out / f"encoded{per_class}"
+    prior = out / (f"prior-lr{args.lr:g}-warmup{args.warmup_steps}-snr{args.snr_gamma:g}-{args.prediction_type}"
+                   + per_class)
     if not (encoded / "latents" / "_SUCCESS.json").exists():  # `raydistill encode` always redoes the stage
         subprocess.run([RAYDISTILL, "encode", "--data", str(SHARED / "data/cifar10"), "--prior",
                         f"taef2:{SHARED / 'weights/taef2'}", "--out", str(encoded), *subset], check=True,
