@@ -257,12 +257,25 @@ def test_every_job_config_loads_and_validates(path):
         assert config.prior.spec.startswith("dit:") and config.data.image_size == 224
 
 
+def test_d3hrs_cifar10_recipe_generates_as_its_imagenet_one_and_trains_as_its_release():
+    from raydistill.config import load_config
+
+    cifar, imagenet = (load_config(overrides=[{"recipe": name}]) for name in ("d3hr-cifar10", "d3hr-imagenet"))
+    assert (cifar.encode, cifar.quantize, cifar.synthesize) == (imagenet.encode, imagenet.quantize, imagenet.synthesize)
+    assert cifar.prior.resolution == 256 and cifar.prior.spec.startswith("dit:")
+    train = cifar.train
+    assert (train.students, train.epochs, train.batch_size, train.lr, train.lr_schedule, train.repeats) == (
+        ("resnet18-modified",), 400, 50, 1e-3, "half_cosine", 5)
+
+
 @pytest.mark.parametrize("name", list_recipes())
 def test_every_recipe_validates_and_names_its_paper_numbers(name):
     from raydistill.config import RECIPES, load_config
     from raydistill.pipeline import validate
 
     config = validate(load_config(overrides=[{"recipe": name}]))
-    assert config.recipe == name and config.train.teacher == "resnet18.tv_in1k" and config.data.image_size == 224
+    # CIFAR-10's teacher is RDED's CIFAR ResNet-18, trained on 32 px images; ImageNet's is torchvision's ResNet-18.
+    teacher, image_size = ("resnet18-modified:", 32) if name.endswith("cifar10") else ("resnet18.tv_in1k", 224)
+    assert config.recipe == name and config.train.teacher.startswith(teacher) and config.data.image_size == image_size
     header = " ".join(line for line in (RECIPES / f"{name}.yaml").read_text().splitlines() if line.startswith("#"))
     assert re.search(r"top-1 [\d.]+ / [\d.]+", header) or "not in our ANCHORS.md" in header, header

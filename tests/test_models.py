@@ -52,6 +52,26 @@ def test_cifar_resnets_have_the_published_sizes():
     assert sizes == {"cifar-resnet20": 269_722, "cifar-resnet56": 853_018}  # 0.27M and 0.85M in He et al. 2016
 
 
+def test_rdeds_cifar_resnet18_teacher_loads_and_matches_its_reference(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10)  # built as RDED and D3HR build resnet18_modified
+    reference.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    reference.eval()
+    file = tmp_path / "cifar10_resnet18_modified.pth"
+    torch.save({"model": reference.state_dict(), "epoch": 200}, file)  # RDED's checkpoint layout
+    teacher = load_teacher(f"resnet18-modified:{file}", num_classes=10, trust_pickles=True)
+    images = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(images), reference((images - mean) / std))
+    assert sum(p.numel() for p in teacher.parameters()) == 11_173_962  # CIFAR ResNet-18's 11.17M
+    with pytest.raises(UserError, match=r"pass resnet18-modified:FILE with RDED's cifar10_resnet18_modified.pth"):
+        load_teacher("resnet18-modified", num_classes=10)
+
+
 def test_timm_students_are_wrapped_with_normalisation():
     model = create_student("resnet18", num_classes=3, image_size=32)
     assert isinstance(model, Normalized) and model.model.num_classes == 3
@@ -89,7 +109,7 @@ def test_timm_teacher_loads_a_local_file(tmp_path, suffix):
 
 def test_unknown_student_lists_ours_and_mentions_timm():
     with pytest.raises(UserError, match=r"unknown student 'no-such-net'; ours are cifar-resnet20, cifar-resnet56, "
-                                        r"convnet3, and any timm model name works"):
+                                        r"convnet3, resnet18-modified, and any timm model name works"):
         create_student("no-such-net", num_classes=10, image_size=32)
     with pytest.raises(UserError, match=r"num_classes must be a positive integer; got 0"):
         create_student("convnet3", num_classes=0, image_size=32)

@@ -7,6 +7,8 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -103,19 +105,25 @@ def test_warmup_rises_linearly_then_holds():
     assert warmup_factor(0, 0) == 1.0
 
 
-def test_init_fine_tunes_a_copy_of_the_given_dit_and_checks_it_fits(saved_dit):
+def test_init_fine_tunes_a_copy_of_the_given_dit_and_checks_it_fits(saved_dit, tmp_path):
     base = load_prior(f"dit:{saved_dit}")
-    build, null_class, prediction_type = denoiser_builder(PriorTrainSettings(init=str(saved_dit)), base.latent_shape,
-                                                          10)
+    # Latents far from unit variance: a fresh model would rescale them, a fine-tune keeps the scale its init knows.
+    pq.write_table(pa.table({"latent": pa.array([[4.0] * 16] * 8, pa.list_(pa.float32(), 16))}),
+                   tmp_path / "part.parquet")
+    build, null_class, prediction_type, scale = denoiser_builder(
+        PriorTrainSettings(init=str(saved_dit)), base.latent_shape, 10, str(tmp_path))
     model = build()
     assert null_class == base.null_class and model.training and prediction_type == "epsilon"  # the init's own
+    assert scale == base.latent_scale == 1.0
+    assert denoiser_builder(PriorTrainSettings(preset="tiny"), (4, 8, 8), 10, str(tmp_path))[3] == 0.25
     assert all(p.requires_grad for p in model.parameters())
     for trained, original in zip(model.parameters(), base.denoiser.parameters()):
         assert torch.equal(trained, original) and trained.data_ptr() != original.data_ptr()
     with pytest.raises(UserError, match="at least as many classes"):
-        denoiser_builder(PriorTrainSettings(init=f"dit:{saved_dit}"), base.latent_shape, base.num_classes + 1)
+        denoiser_builder(PriorTrainSettings(init=f"dit:{saved_dit}"), base.latent_shape, base.num_classes + 1,
+                         str(tmp_path))
     with pytest.raises(UserError, match="same autoencoder"):
-        denoiser_builder(PriorTrainSettings(init=str(saved_dit)), (4, 8, 8), 10)
+        denoiser_builder(PriorTrainSettings(init=str(saved_dit)), (4, 8, 8), 10, str(tmp_path))
 
 
 @pytest.mark.parametrize("field, value, message", [

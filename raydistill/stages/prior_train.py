@@ -165,15 +165,16 @@ def discard_other_states(storage: Path, name: str) -> None:
             shutil.rmtree(folder)
 
 
-def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int, int],
-                     num_classes: int) -> tuple[Callable[[], torch.nn.Module], int, str]:
+def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int, int], num_classes: int,
+                     latents_folder: str) -> tuple[Callable[[], torch.nn.Module], int, str, float]:
     """A function that builds the denoiser to train (a fresh preset, or a trainable copy of `settings.init`'s),
-    its null class and what it is trained to predict. Checks the preset, or loads the init prior, before Ray
-    starts."""
+    its null class, what it is trained to predict and the scale of the latents it sees: measured on the latents for a
+    fresh model, the init's own for a fine-tune (the scale it learned on). Checks the preset, or loads the init
+    prior, before Ray starts."""
     if settings.init is None:
         build_dit(settings.preset, latent_shape, num_classes)
         return (lambda: build_dit(settings.preset, latent_shape, num_classes), num_classes,
-                settings.prediction_type or "v_prediction")
+                settings.prediction_type or "v_prediction", latent_scale(latents_folder))
     from raydistill.priors import load_prior
 
     base = load_prior(settings.init if settings.init.startswith("dit:") else f"dit:{settings.init}")
@@ -184,7 +185,7 @@ def denoiser_builder(settings: PriorTrainSettings, latent_shape: tuple[int, int,
                         f"built for the same autoencoder and at least as many classes, or train from scratch with "
                         f"--preset")
     return (lambda: ema_copy(base.denoiser).train().requires_grad_(True), base.null_class,
-            settings.prediction_type or base.prediction_type)
+            settings.prediction_type or base.prediction_type, base.latent_scale)
 
 
 def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: int = 1,
@@ -198,9 +199,8 @@ def train_prior(latents: str, out: str, settings: PriorTrainSettings, workers: i
     run = read_latent_run(latents)
     num_classes = len(run["class_names"])
     shape = run["latent_shape"]
-    build, null_class, prediction_type = denoiser_builder(settings, shape, num_classes)
+    build, null_class, prediction_type, scale = denoiser_builder(settings, shape, num_classes, run["folder"])
     connect(RayConfig(address=address))
-    scale = latent_scale(run["folder"])
     use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
     # One CPU stays free for Ray Data's read tasks; the workers' torch threads still use every core, since reading
     # is light next to training.

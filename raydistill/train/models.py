@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
+from torchvision.models.resnet import ResNet
 
 from raydistill.data.classes import IMAGENET_CLASSES
 from raydistill.errors import UserError
@@ -27,8 +29,13 @@ StudentFactory = Callable[[int, int], nn.Module]
 
 STUDENTS: Registry[StudentFactory] = Registry("student")
 
-# Our architectures whose weights do not depend on the image size, so a weights file alone defines them as teachers.
-_FILE_TEACHERS = ("cifar-resnet20", "cifar-resnet56")
+# Our architectures whose weights do not depend on the image size, so a weights file alone defines them as teachers;
+# each with the release its weights come from.
+_FILE_TEACHERS = {
+    "cifar-resnet20": "a .safetensors file of the CIFAR ResNet release",
+    "cifar-resnet56": "a .safetensors file of the CIFAR ResNet release",
+    "resnet18-modified": "RDED's cifar10_resnet18_modified.pth (with --trust-pickles) or its .safetensors conversion",
+}
 
 
 class Normalize(nn.Module):
@@ -143,6 +150,21 @@ class CifarResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+class ModifiedResNet18(ResNet):
+    """RDED's and D3HR's CIFAR ResNet-18 (their ``resnet18_modified``): torchvision's ResNet-18 with a 3x3 stride-1
+    stem and no max-pool, so a 32 px image keeps its detail. Its keys are torchvision's, so RDED's CIFAR teachers load
+    strictly; it normalises with ImageNet's statistics, as they do for CIFAR too."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(TorchvisionBasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.maxpool = nn.Identity()
+        self.normalize = Normalize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.normalize(x))
+
+
 @STUDENTS.register("convnet3")
 def convnet3(num_classes: int, image_size: int) -> nn.Module:
     """ConvNet-3 (width 128, instance norm, average pooling)."""
@@ -161,6 +183,12 @@ def cifar_resnet20(num_classes: int, image_size: int) -> nn.Module:
 def cifar_resnet56(num_classes: int, image_size: int) -> nn.Module:
     """CIFAR ResNet-56 (option-A shortcuts); any image size works (global pooling)."""
     return CifarResNet(56, num_classes)
+
+
+@STUDENTS.register("resnet18-modified")
+def resnet18_modified(num_classes: int, image_size: int) -> nn.Module:
+    """RDED's and D3HR's CIFAR ResNet-18 (3x3 stem, no max-pool); any image size works (global pooling)."""
+    return ModifiedResNet18(num_classes)
 
 
 def _check_positive(what: str, value: int) -> None:
@@ -218,9 +246,10 @@ def load_teacher(spec: str, num_classes: int, imagenet_classes: Sequence[int] | 
 
     Args:
         spec: ``"cifar-resnet20:FILE"`` or ``"cifar-resnet56:FILE"`` (safetensors from the CIFAR ResNet release),
-            ``"TIMM_NAME:FILE"`` (a timm architecture with a local ``.safetensors`` state dict, or a ``.pth``/``.pt``
-            one where ``trust_pickles``, normalised with ImageNet statistics), or ``"TIMM_NAME"`` alone (timm's pretrained weights from the hub,
-            normalised with the statistics of their pretrained config). Split at the first colon.
+            ``"resnet18-modified:FILE"`` (RDED's CIFAR ResNet-18), ``"TIMM_NAME:FILE"`` (a timm architecture with a
+            local ``.safetensors`` state dict, or a ``.pth``/``.pt`` one where ``trust_pickles``, normalised with
+            ImageNet statistics), or ``"TIMM_NAME"`` alone (timm's pretrained weights from the hub, normalised with
+            the statistics of their pretrained config). Split at the first colon.
         num_classes: Number of classes the teacher must predict; must match the weights, unless
             ``imagenet_classes`` lets an ImageNet-1K teacher serve a subset of its classes.
         trust_pickles: read a torch checkpoint (a pickle) as well as safetensors.
@@ -241,8 +270,8 @@ def load_teacher(spec: str, num_classes: int, imagenet_classes: Sequence[int] | 
         name, _, file = spec.partition(":")
     if name in _FILE_TEACHERS:
         if not file:
-            raise UserError(f"teacher {name!r} has no built-in weights: pass {name}:FILE with a .safetensors file "
-                            f"of the CIFAR ResNet release")
+            raise UserError(f"teacher {name!r} has no built-in weights: pass {name}:FILE with "
+                            f"{_FILE_TEACHERS[name]}")
         model = STUDENTS.get(name)(num_classes, 32)
         state = _read_state_dict(Path(file).expanduser(), trust_pickles)
         _load_strict(model, state, file, f"{name} with {num_classes} classes")
