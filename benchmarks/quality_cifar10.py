@@ -9,11 +9,10 @@ redoes quantize onwards. Finished runs are appended to results.jsonl there, so a
 stopped, and runs at different `--epochs` are kept side by side; each row records its wall seconds and the commit it
 measured (delete the rows of older code to rerun them). A row that lacks some of `--students` trains only those, and
 the log's newer row holds them all; `--students convnet3` (half the training time, for IPC 50) reuses two-student
-rows. Prints a table (mean and spread
-over seeds) and, last, one JSON line: `top1` (set -> IPC -> student -> mean top-1 over seeds) and `w2_reduction`,
-the mean per-class reduction of the Wasserstein-2 distance between a class's latents and its prototypes when DDOQ's
-Voronoi weights replace uniform ones, per k-means algorithm (the DDOQ paper: 13.5-17.1 % in its Table 3, "around 20 %"
-in its text).
+rows. Prints a table (mean and spread over seeds) and, last, one JSON line: `top1` (set -> IPC -> student -> mean
+top-1 over seeds) and `w2_reduction`, the mean per-class reduction of the Wasserstein-2 distance between a class's
+latents and its prototypes when DDOQ's Voronoi weights replace uniform ones, per k-means algorithm (the DDOQ paper:
+13.5-17.1 % in its Table 3, "around 20 %" in its text).
 """
 
 from __future__ import annotations

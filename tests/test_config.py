@@ -93,5 +93,6 @@ def test_a_recipe_is_the_base_that_files_and_overrides_change(tmp_path):
     (tmp_path / "job.yaml").write_text("recipe: ddoq-dit-imagenette\nencode:\n  actors: 4\n")
     job = load_config(tmp_path / "job.yaml", [{"quantize": {"ipc": 50}}])
     assert (job.quantize.algorithm, job.train.repeats, job.encode.actors, job.quantize.ipc) == ("minibatch", 5, 4, 50)
-    with pytest.raises(UserError, match=r"unknown recipe 'd3hr'; the recipes are d3hr-cifar10, d3hr-imagenet, d4m-imagenet"):
+    with pytest.raises(UserError, match=r"unknown recipe 'd3hr'; the recipes are d3hr-cifar10, d3hr-imagenet, "
+                                        r"d4m-imagenet"):
         load_config(overrides=[{"recipe": "d3hr"}])
